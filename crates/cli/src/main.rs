@@ -1,0 +1,146 @@
+//! `singlepoint`: the command-line front of the engine. Flags are parsed here, validated into
+//! the runtime's config types, and handed to `singlepoint-runtime`; this crate only knows
+//! about terminals, flags and output formats.
+
+mod classify;
+mod output;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "singlepoint",
+    version,
+    about = "Fast, cheap inference for deep-learning models",
+    long_about = "Fast, cheap inference for deep-learning models.\n\n\
+                  `singlepoint classify photos/` labels every photo in a folder with the bundled \
+                  ImageNet model (EfficientNet-Lite0)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify images: files, folders (recursive), glob patterns, or `-` for paths on stdin
+    Classify(classify::ClassifyArgs),
+    /// Manage the ONNX Runtime library that the fast engine loads
+    Runtime {
+        #[command(subcommand)]
+        action: RuntimeAction,
+    },
+    /// Show a model's manifest, identity digest and what the engine sees
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuntimeAction {
+    /// Download the pinned ONNX Runtime release (from PyPI, with pip) into the per-user cache
+    Fetch,
+    /// Say where ONNX Runtime would be loaded from
+    Status,
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// Print the manifest summary and the model's digest
+    Info {
+        /// Model folder or model.json (default: the bundled EfficientNet-Lite0)
+        #[arg(long, env = "SINGLEPOINT_MODEL")]
+        model: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Classify(args) => classify::run(args),
+        Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
+        Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn runtime(action: RuntimeAction) -> anyhow::Result<()> {
+    use singlepoint_backend::ort_runtime;
+    let mut out = std::io::stdout().lock();
+    match action {
+        RuntimeAction::Fetch => {
+            let path = ort_runtime::fetch().context("cannot fetch ONNX Runtime")?;
+            writeln!(
+                out,
+                "ONNX Runtime {} is at {}",
+                ort_runtime::ORT_VERSION,
+                path.display()
+            )?;
+        }
+        RuntimeAction::Status => match ort_runtime::locate()? {
+            Some(located) => writeln!(out, "{}", located.path().display())?,
+            None => {
+                writeln!(
+                    out,
+                    "not installed (looked in {}); run `singlepoint runtime fetch`",
+                    ort_runtime::runtime_dir().display()
+                )?;
+            }
+        },
+    }
+    Ok(())
+}
+
+fn model(action: ModelAction) -> anyhow::Result<()> {
+    let ModelAction::Info { model } = action;
+    let model = classify::load_model(model.as_deref())?;
+    let m = &model.manifest;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "name:     {} (version {})", m.name, m.version)?;
+    writeln!(out, "origin:   {}", model.origin)?;
+    writeln!(out, "task:     {}", m.task.as_str())?;
+    writeln!(out, "digest:   {}", model.digest)?;
+    writeln!(
+        out,
+        "input:    {} {} {}",
+        m.input.name,
+        m.input.dtype,
+        m.input.shape_string()
+    )?;
+    writeln!(
+        out,
+        "output:   {} {} {}",
+        m.output.name,
+        m.output.dtype,
+        m.output.shape_string()
+    )?;
+    writeln!(
+        out,
+        "classes:  {}",
+        model.labels.as_ref().map_or(0, |l| l.len())
+    )?;
+    writeln!(out, "onnx:     {} bytes", model.onnx.len())?;
+    Ok(())
+}

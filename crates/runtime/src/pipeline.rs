@@ -1,0 +1,418 @@
+//! The classification pipeline: a stream of inputs → ordered [`ItemResult`]s.
+//!
+//! ```text
+//!  producer thread          worker threads (× instances)              caller's thread
+//!  Inputs → batches ──▶ [read → decode → preprocess] × batch ──▶ reorder by sequence
+//!        (bounded)       → one engine run → postprocess             → on_result, in order
+//! ```
+//!
+//! Each worker owns one engine [`Session`] and one [`Preprocessor`] and takes whole batches,
+//! so decoding one batch overlaps inference of another on the other cores, and decode threads
+//! never compete with a separate inference pool for the same cores (with the default of one
+//! intra-op thread per instance, a machine with N cores runs N workers and nothing else).
+//! A window of batch tokens bounds everything in flight, including results waiting to be
+//! printed in order, so memory stays flat however many inputs there are.
+//!
+//! A bad input fails alone: it is reported in its place and the rest of its batch runs.
+
+use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use singlepoint_backend::{Engine, Session};
+use singlepoint_core::Tensor;
+use singlepoint_model::{
+    classify_row, decode_rgb, Classification, DecodeLimits, Model, Preprocessor,
+};
+
+use crate::cputime::thread_cpu_time;
+use crate::inputs::InputEntry;
+use crate::RuntimeError;
+
+/// How the pipeline runs. Validated by [`PipelineConfig::validate`] before use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineConfig {
+    /// Items per engine run.
+    pub batch_size: usize,
+    /// Worker threads, each with its own engine session.
+    pub instances: usize,
+    /// Classes reported per input.
+    pub top_k: usize,
+    pub limits: DecodeLimits,
+    /// Batches in flight per worker (queued, running or waiting to be emitted in order).
+    pub batches_in_flight_per_instance: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            batch_size: 16,
+            instances: 1,
+            top_k: 5,
+            limits: DecodeLimits::default(),
+            batches_in_flight_per_instance: 3,
+        }
+    }
+}
+
+impl PipelineConfig {
+    pub fn validate(&self, model: &Model) -> Result<(), RuntimeError> {
+        let invalid = |field: &str, reason: String| RuntimeError::Config {
+            field: field.to_string(),
+            reason,
+        };
+        if self.batch_size == 0 {
+            return Err(invalid("batch-size", "must be at least 1".into()));
+        }
+        if let Some(max) = model.manifest.max_batch() {
+            if self.batch_size > max {
+                return Err(invalid(
+                    "batch-size",
+                    format!(
+                        "{} is larger than the model's fixed batch of {max}",
+                        self.batch_size
+                    ),
+                ));
+            }
+        }
+        if self.instances == 0 {
+            return Err(invalid("instances", "must be at least 1".into()));
+        }
+        if self.top_k == 0 {
+            return Err(invalid("top-k", "must be at least 1".into()));
+        }
+        if self.limits.max_pixels == 0 {
+            return Err(invalid("max-pixels", "must be at least 1".into()));
+        }
+        if self.batches_in_flight_per_instance == 0 {
+            return Err(invalid("batches in flight", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Why one input failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ItemError {
+    #[error("{0}")]
+    Input(String),
+    #[error("cannot read: {0}")]
+    Read(String),
+    #[error("{0}")]
+    Decode(#[from] singlepoint_model::DecodeError),
+    #[error("cannot preprocess: {0}")]
+    Preprocess(String),
+    #[error("decoder crashed on this input: {0}")]
+    DecoderPanic(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// The outcome for one input, in input order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ItemResult {
+    /// Position in the input stream, from 0.
+    pub idx: usize,
+    pub path: PathBuf,
+    pub outcome: Result<Classification, ItemError>,
+}
+
+/// Where the time went. Stage times are CPU time of the worker threads, in the stage.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunStats {
+    pub items: usize,
+    pub failed: usize,
+    pub batches: usize,
+    /// Engine runs: what a cache will save.
+    pub model_executions: usize,
+    pub read: Duration,
+    pub decode: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub postprocess: Duration,
+    pub wall: Duration,
+}
+
+impl RunStats {
+    fn add(&mut self, other: &RunStats) {
+        self.items += other.items;
+        self.failed += other.failed;
+        self.batches += other.batches;
+        self.model_executions += other.model_executions;
+        self.read += other.read;
+        self.decode += other.decode;
+        self.preprocess += other.preprocess;
+        self.inference += other.inference;
+        self.postprocess += other.postprocess;
+    }
+}
+
+/// A model on an engine, ready to classify streams of images.
+pub struct Classifier {
+    model: Arc<Model>,
+    engine: Arc<dyn Engine>,
+    config: PipelineConfig,
+}
+
+type Batch = (usize, Vec<(usize, InputEntry)>);
+type BatchResults = (usize, Vec<ItemResult>, RunStats);
+
+impl Classifier {
+    pub fn new(
+        model: Arc<Model>,
+        engine: Arc<dyn Engine>,
+        config: PipelineConfig,
+    ) -> Result<Classifier, RuntimeError> {
+        config.validate(&model)?;
+        Ok(Classifier {
+            model,
+            engine,
+            config,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// Classifies every entry of `inputs`, calling `on_result` once per entry in input order.
+    /// Returns when all are done. Fails only when no engine session can be created; every
+    /// per-input problem is an [`ItemResult`].
+    ///
+    /// `on_result` returns [`ControlFlow::Break`] to stop early (say, when stdout is closed):
+    /// no new batches start and the call returns once the running ones finish.
+    pub fn run(
+        &self,
+        inputs: impl Iterator<Item = InputEntry> + Send,
+        mut on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        let started = Instant::now();
+        let sessions = (0..self.config.instances)
+            .map(|_| self.engine.session())
+            .collect::<Result<Vec<_>, _>>()?;
+        let window = self.config.instances * self.config.batches_in_flight_per_instance;
+        let (batch_tx, batch_rx) = bounded::<Batch>(window);
+        let (result_tx, result_rx) = bounded::<BatchResults>(window);
+        let (token_tx, token_rx) = bounded::<()>(window);
+        for _ in 0..window {
+            let _ = token_tx.send(());
+        }
+        let mut stats = RunStats::default();
+        std::thread::scope(|scope| {
+            let batch_size = self.config.batch_size;
+            scope.spawn(move || produce(inputs, batch_size, batch_tx, token_rx));
+            for session in sessions {
+                let rx = batch_rx.clone();
+                let tx = result_tx.clone();
+                scope.spawn(move || self.work(session, rx, tx));
+            }
+            drop((batch_rx, result_tx));
+
+            let mut pending = std::collections::BTreeMap::new();
+            let mut next_seq = 0;
+            'receive: for (seq, results, batch_stats) in result_rx.iter() {
+                stats.add(&batch_stats);
+                pending.insert(seq, results);
+                while let Some(results) = pending.remove(&next_seq) {
+                    for result in results {
+                        if on_result(result).is_break() {
+                            break 'receive;
+                        }
+                    }
+                    next_seq += 1;
+                    // The producer may have finished already; a closed channel is fine.
+                    let _ = token_tx.send(());
+                }
+            }
+            // Unblock the producer and the workers whether we finished or stopped early.
+            drop(token_tx);
+            drop(result_rx);
+        });
+        stats.wall = started.elapsed();
+        Ok(stats)
+    }
+
+    fn work(
+        &self,
+        mut session: Box<dyn Session>,
+        batches: Receiver<Batch>,
+        results: Sender<BatchResults>,
+    ) {
+        let mut preprocessor = Preprocessor::new(&self.model.manifest.preprocess);
+        let item_len = preprocessor.item_len();
+        let item_shape = self.model.manifest.preprocess.item_shape();
+        let mut buffer: Vec<f32> = Vec::new();
+        for (seq, batch) in batches.iter() {
+            let mut stats = RunStats {
+                items: batch.len(),
+                batches: 1,
+                ..RunStats::default()
+            };
+            let mut outcomes: Vec<Option<Result<Classification, ItemError>>> =
+                vec![None; batch.len()];
+            let mut ready: Vec<usize> = Vec::with_capacity(batch.len());
+            buffer.clear();
+            for (slot, (_, entry)) in batch.iter().enumerate() {
+                buffer.resize((ready.len() + 1) * item_len, 0.0);
+                let out = &mut buffer[ready.len() * item_len..];
+                match self.prepare(entry, &mut preprocessor, out, &mut stats) {
+                    Ok(()) => ready.push(slot),
+                    Err(e) => {
+                        buffer.truncate(ready.len() * item_len);
+                        outcomes[slot] = Some(Err(e));
+                    }
+                }
+            }
+            if !ready.is_empty() {
+                let mut shape = vec![ready.len()];
+                shape.extend_from_slice(&item_shape);
+                let input = Tensor::new(shape, std::mem::take(&mut buffer))
+                    .expect("the buffer holds one item per ready slot");
+                let t0 = thread_cpu_time();
+                let output = session.run(&input);
+                stats.inference += thread_cpu_time().saturating_sub(t0);
+                stats.model_executions += 1;
+                buffer = input.into_parts().1;
+                let t0 = thread_cpu_time();
+                match output {
+                    Ok(output) if output.shape().first() == Some(&ready.len()) => {
+                        for (row, &slot) in ready.iter().enumerate() {
+                            outcomes[slot] = Some(Ok(classify_row(
+                                output.item(row),
+                                self.model.manifest.activation,
+                                self.config.top_k,
+                                self.model.labels.as_ref(),
+                                self.model.groups.as_ref(),
+                            )));
+                        }
+                    }
+                    Ok(output) => {
+                        let e = ItemError::Inference(format!(
+                            "the model returned shape {:?} for a batch of {}",
+                            output.shape(),
+                            ready.len()
+                        ));
+                        for &slot in &ready {
+                            outcomes[slot] = Some(Err(e.clone()));
+                        }
+                    }
+                    Err(e) => {
+                        for &slot in &ready {
+                            outcomes[slot] = Some(Err(ItemError::Inference(e.to_string())));
+                        }
+                    }
+                }
+                stats.postprocess += thread_cpu_time().saturating_sub(t0);
+            }
+            let items: Vec<ItemResult> = batch
+                .into_iter()
+                .zip(outcomes)
+                .map(|((idx, entry), outcome)| ItemResult {
+                    idx,
+                    path: entry.path,
+                    outcome: outcome.unwrap_or_else(|| Err(ItemError::Inference("not run".into()))),
+                })
+                .collect();
+            stats.failed = items.iter().filter(|r| r.outcome.is_err()).count();
+            if results.send((seq, items, stats)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Reads, decodes and preprocesses one input into `out`.
+    fn prepare(
+        &self,
+        entry: &InputEntry,
+        preprocessor: &mut Preprocessor,
+        out: &mut [f32],
+        stats: &mut RunStats,
+    ) -> Result<(), ItemError> {
+        if let Some(problem) = &entry.problem {
+            return Err(ItemError::Input(problem.reason.clone()));
+        }
+        let t0 = thread_cpu_time();
+        let bytes = read_file(&entry.path, self.config.limits.max_pixels)?;
+        let t1 = thread_cpu_time();
+        stats.read += t1.saturating_sub(t0);
+        let min_side = self.model.manifest.preprocess.min_source_short_side();
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decode_rgb(&bytes, &self.config.limits, Some(min_side))
+        }))
+        .map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))?;
+        drop(bytes);
+        let (image, _) = decoded?;
+        let t2 = thread_cpu_time();
+        stats.decode += t2.saturating_sub(t1);
+        preprocessor
+            .run(&image, &mut out[..preprocessor.item_len()])
+            .map_err(|e| ItemError::Preprocess(e.to_string()))?;
+        stats.preprocess += thread_cpu_time().saturating_sub(t2);
+        Ok(())
+    }
+}
+
+/// Reads a whole file, refusing files so large that no image within the pixel limit could
+/// need them (an uncompressed 16-bit RGBA image of `max_pixels`, plus headers).
+fn read_file(path: &std::path::Path, max_pixels: u64) -> Result<Vec<u8>, ItemError> {
+    let max_bytes = max_pixels.saturating_mul(8).saturating_add(1 << 20);
+    let meta = std::fs::metadata(path).map_err(|e| ItemError::Read(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(ItemError::Read("is a folder, not a file".into()));
+    }
+    if meta.len() > max_bytes {
+        return Err(ItemError::Read(format!(
+            "{} bytes is more than any image within the pixel limit needs ({max_bytes})",
+            meta.len()
+        )));
+    }
+    std::fs::read(path).map_err(|e| ItemError::Read(e.to_string()))
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn produce(
+    inputs: impl Iterator<Item = InputEntry>,
+    batch_size: usize,
+    batches: Sender<Batch>,
+    tokens: Receiver<()>,
+) {
+    let mut seq = 0;
+    let mut batch = Vec::with_capacity(batch_size);
+    let send = |batch: Vec<(usize, InputEntry)>, seq: &mut usize| -> bool {
+        if tokens.recv().is_err() || batches.send((*seq, batch)).is_err() {
+            return false;
+        }
+        *seq += 1;
+        true
+    };
+    for (idx, entry) in inputs.enumerate() {
+        batch.push((idx, entry));
+        if batch.len() == batch_size {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+            if !send(full, &mut seq) {
+                return;
+            }
+        }
+    }
+    if !batch.is_empty() {
+        send(batch, &mut seq);
+    }
+}
