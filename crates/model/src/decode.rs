@@ -102,6 +102,12 @@ pub fn decode_rgb(
         });
     }
     if format == ImageFormat::Jpeg {
+        if !jpeg_is_complete(bytes) {
+            return Err(DecodeError::Corrupt {
+                format: "JPEG".into(),
+                reason: "truncated: the image data has no end-of-image marker".into(),
+            });
+        }
         if let Some(short) = min_short_side {
             if let Some(decoded) = decode_jpeg_scaled(bytes, limits, short)? {
                 return Ok(decoded);
@@ -109,6 +115,24 @@ pub fn decode_rgb(
         }
     }
     decode_full(bytes, format, limits)
+}
+
+/// Whether the last scan of a JPEG is followed by its end-of-image marker (`FF D9`). The
+/// decoders fill a cut-off file with grey and call it a success; Pillow refuses it, and so do
+/// we. Entropy-coded data never holds `FF D9` or `FF DA` (an `FF` byte is stuffed as `FF 00`),
+/// so scanning back from the end, the first of the two found says whether the file is whole.
+/// Data appended after the image (camera trailers, MPF) ends in its own `FF D9`.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    for i in (0..bytes.len().saturating_sub(1)).rev() {
+        if bytes[i] == 0xFF {
+            match bytes[i + 1] {
+                0xD9 => return true,
+                0xDA => return false,
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 fn format_name(format: ImageFormat) -> &'static str {

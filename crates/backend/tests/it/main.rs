@@ -93,7 +93,12 @@ fn every_engine_reproduces_the_conformance_suite() {
             let mut session = engine.session().unwrap();
             let input = build_input(&case.input, &case.input_shape);
             let output = session.run(&input).unwrap();
-            assert_eq!(output.shape(), case.output_shape.as_slice(), "{kind}: {}", case.name);
+            assert_eq!(
+                output.shape(),
+                case.output_shape.as_slice(),
+                "{kind}: {}",
+                case.name
+            );
             let worst = output
                 .data()
                 .iter()
@@ -125,7 +130,11 @@ fn digits_cnn_scores_at_least_98_percent_on_every_engine() {
                 break;
             }
             let b = (*batch).min(labels.len() - start);
-            let input = Tensor::new(vec![b, 1, 8, 8], data[start * 64..(start + b) * 64].to_vec()).unwrap();
+            let input = Tensor::new(
+                vec![b, 1, 8, 8],
+                data[start * 64..(start + b) * 64].to_vec(),
+            )
+            .unwrap();
             let output = session.run(&input).unwrap();
             for i in 0..b {
                 let row = output.item(i);
@@ -142,7 +151,12 @@ fn digits_cnn_scores_at_least_98_percent_on_every_engine() {
 #[test]
 fn engines_report_the_models_tensors() {
     for kind in engines() {
-        let engine = load(kind, onnx("models/efficientnet-lite0"), EngineOptions::default()).unwrap();
+        let engine = load(
+            kind,
+            onnx("models/efficientnet-lite0"),
+            EngineOptions::default(),
+        )
+        .unwrap();
         assert_eq!(engine.input().name, "input", "{kind}");
         assert_eq!(engine.input().shape_string(), "[-1, 3, 224, 224]", "{kind}");
         assert_eq!(engine.output().name, "logits", "{kind}");
@@ -164,7 +178,10 @@ fn wrong_shapes_and_bad_models_are_errors() {
         assert!(session.run(&empty).is_err(), "{kind}: an empty batch");
         let garbage: Arc<[u8]> = b"\x08\x07definitely not a protobuf model".to_vec().into();
         assert!(
-            matches!(load(kind, garbage, EngineOptions::default()), Err(BackendError::Load { .. })),
+            matches!(
+                load(kind, garbage, EngineOptions::default()),
+                Err(BackendError::Load { .. })
+            ),
             "{kind}"
         );
     }

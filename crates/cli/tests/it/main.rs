@@ -1,0 +1,226 @@
+//! The real `singlepoint` binary, as a user runs it: output on stdout, errors on stderr, exit
+//! codes, formats, stdin, and bad models.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn singlepoint(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_singlepoint"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("SINGLEPOINT_MODEL")
+        .env_remove("SINGLEPOINT_BACKEND")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn classifies_the_bundled_photos_in_order() {
+    let out = singlepoint(&["classify", "photos/"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "{stdout}");
+    assert!(
+        lines[1].starts_with("Image 1: cat ") && lines[1].ends_with("photos/chelsea.png"),
+        "{stdout}"
+    );
+    assert!(lines[3].starts_with("Image 3: espresso "), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("7 images, 0 failed"), "{stderr}");
+}
+
+#[test]
+fn a_bad_file_among_good_ones_is_named_and_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(repo().join("photos/chelsea.png"), dir.path().join("1.png")).unwrap();
+    std::fs::write(dir.path().join("2.jpg"), b"\xff\xd8\xff\xe0 truncated").unwrap();
+    std::fs::copy(repo().join("photos/coffee.png"), dir.path().join("3.png")).unwrap();
+    let folder = dir.path().display().to_string();
+    let out = singlepoint(&["classify", &folder], None);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Image 0: cat"), "{stdout}");
+    assert!(stdout.contains("Image 2: espresso"), "{stdout}");
+    assert!(!stdout.contains("Image 1:"), "{stdout}");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("2.jpg") && stderr.contains("JPEG"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 images, 1 failed"), "{stderr}");
+}
+
+#[test]
+fn structured_formats_carry_every_input() {
+    let missing = "photos/does-not-exist.png";
+    let out = singlepoint(
+        &[
+            "classify",
+            "photos/coffee.png",
+            missing,
+            "--format",
+            "json",
+            "-q",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["results"][0]["label"], "espresso");
+    assert_eq!(doc["results"][0]["top_k"].as_array().unwrap().len(), 5);
+    assert_eq!(doc["results"][1]["path"], missing);
+    assert!(doc["results"][1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("no such file"));
+    assert_eq!(doc["summary"]["images"], 2);
+    assert!(out.stderr.is_empty(), "--quiet: {}", text(&out.stderr));
+
+    let out = singlepoint(
+        &[
+            "classify",
+            "photos/coffee.png",
+            "--format",
+            "csv",
+            "--top-k",
+            "2",
+        ],
+        None,
+    );
+    let csv = text(&out.stdout);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "index,path,label,error,class_1,label_1,probability_1,class_2,label_2,probability_2"
+    );
+    assert!(
+        rows[1].starts_with("0,photos/coffee.png,espresso,,967,espresso,0.9"),
+        "{csv}"
+    );
+
+    let out = singlepoint(
+        &["classify", "-", "--format", "jsonl"],
+        Some("photos/chelsea.png\nphotos/rocket.jpg\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let labels: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["label"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(labels, ["cat", "missile"]);
+}
+
+#[test]
+fn both_engines_agree_on_the_command_line() {
+    for backend in ["ort", "tract"] {
+        let out = singlepoint(
+            &[
+                "classify",
+                "photos/chelsea.png",
+                "--backend",
+                backend,
+                "--top-k",
+                "1",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{backend}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.contains("Image 0: cat") && stdout.contains("tiger cat 0.3"),
+            "{backend}: {stdout}"
+        );
+        assert!(
+            text(&out.stderr).contains(&format!("({backend},")),
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn bad_models_and_flags_stop_before_any_work_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = std::fs::read_to_string(repo().join("models/digits-cnn/model.json")).unwrap();
+    std::fs::write(
+        dir.path().join("model.json"),
+        manifest.replace("[0.0]", "[0.0, 1.0]"),
+    )
+    .unwrap();
+    let model = dir.path().display().to_string();
+    let out = singlepoint(&["classify", "photos/", "--model", &model], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("model.json") && stderr.contains("preprocess.mean"),
+        "{stderr}"
+    );
+
+    std::fs::write(dir.path().join("model.json"), &manifest).unwrap();
+    std::fs::write(
+        dir.path().join("labels.txt"),
+        "0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n",
+    )
+    .unwrap();
+    let out = singlepoint(&["classify", "photos/", "--model", &model], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("model.onnx"), "{stderr}");
+
+    let out = singlepoint(&["classify", "photos/", "--batch-size", "0"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--batch-size"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_model_folder_runs_through_the_same_path() {
+    // The digits CNN takes 8×8 grayscale: any photo is a valid (meaningless) input.
+    let out = singlepoint(
+        &[
+            "classify",
+            "photos/coffee.png",
+            "--model",
+            "models/digits-cnn",
+            "--format",
+            "jsonl",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let label: u32 = record["label"].as_str().unwrap().parse().unwrap();
+    assert!(label < 10);
+    let info = singlepoint(&["model", "info", "--model", "models/digits-cnn"], None);
+    assert!(
+        text(&info.stdout).contains("digest:"),
+        "{}",
+        text(&info.stdout)
+    );
+}
