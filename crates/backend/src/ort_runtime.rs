@@ -92,6 +92,10 @@ pub fn locate() -> Result<Option<Located>, BackendError> {
 /// Downloads the pinned `onnxruntime` wheel with pip and installs its library into
 /// [`runtime_dir`]. Returns the library's path. Does nothing when it is already there.
 pub fn fetch() -> Result<PathBuf, BackendError> {
+    // One fetch at a time in this process; other processes are kept apart by their staging
+    // folders and the final atomic rename.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCHING.lock().unwrap_or_else(|p| p.into_inner());
     let dir = runtime_dir();
     let target = dir.join(library_file_name());
     if target.is_file() {

@@ -375,6 +375,29 @@ mod tests {
         assert_eq!(&rgb.pixels[..3], &[255, 0, 128]);
     }
 
+    /// Files written by Pillow, in `tests/data/`: what PIL's `convert("RGB")` gives for them.
+    #[test]
+    fn cmyk_jpeg_animated_gif_and_gray_jpeg_match_pillow() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data");
+        let cases: &[(&str, [u8; 3])] = &[
+            ("cmyk-cyan.jpg", [0, 255, 255]),
+            ("animated-red-then-blue.gif", [255, 0, 0]),
+            ("gray-200.jpg", [200, 200, 200]),
+        ];
+        for (file, expected) in cases {
+            let bytes = std::fs::read(data.join(file)).unwrap();
+            let (rgb, _) = decode_rgb(&bytes, &DecodeLimits::default(), None)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            let px = &rgb.pixels[(5 * rgb.width as usize + 5) * 3..][..3];
+            for c in 0..3 {
+                assert!(
+                    (i32::from(px[c]) - i32::from(expected[c])).abs() <= 3,
+                    "{file}: {px:?} vs {expected:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn bad_bytes_get_a_reason() {
         let limits = DecodeLimits::default();
