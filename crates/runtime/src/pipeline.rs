@@ -49,7 +49,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            batch_size: 16,
+            batch_size: 4,
             instances: 1,
             top_k: 5,
             limits: DecodeLimits::default(),
