@@ -38,7 +38,7 @@ def peer_stages(stderr):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--sets", nargs="+", default=["web", "camera"])
+    ap.add_argument("--sets", nargs="+", default=["web", "small", "camera"])
     ap.add_argument("--bin", default=os.path.join(repo, "target", "release", "singlepoint"))
     ap.add_argument("--extra", nargs="*", default=[], help="extra flags for singlepoint classify")
     args = ap.parse_args()
@@ -55,7 +55,7 @@ def main():
     for name in args.sets:
         folder = os.path.join(root, "data", name)
         files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
-        ours_cmd = [args.bin, "classify", folder, "--backend", "ort", "--no-fetch", "--format", "jsonl", "--top-k", "1", *args.extra]
+        ours_cmd = [args.bin, "classify", folder, "--backend", "ort", "--no-fetch", "--no-cache", "--format", "jsonl", "--top-k", "1", *args.extra]
         peer_cmd = [sys.executable, os.path.join(root, "peer_classify.py"), model_dir, *files]
         results = {"singlepoint": [], "python": []}
         for r in range(args.runs):

@@ -32,23 +32,9 @@ pub fn library_file_name() -> String {
     }
 }
 
-/// singlepoint's per-user data folder.
-pub fn home_dir() -> PathBuf {
-    if let Some(dir) = non_empty_env("SINGLEPOINT_HOME") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = non_empty_env("XDG_CACHE_HOME") {
-        return Path::new(&dir).join("singlepoint");
-    }
-    match non_empty_env("HOME").or_else(|| non_empty_env("USERPROFILE")) {
-        Some(home) => Path::new(&home).join(".cache").join("singlepoint"),
-        None => std::env::temp_dir().join("singlepoint"),
-    }
-}
-
 /// Where the pinned runtime is cached.
 pub fn runtime_dir() -> PathBuf {
-    home_dir().join(format!("onnxruntime-{ORT_VERSION}"))
+    singlepoint_core::user_dir().join(format!("onnxruntime-{ORT_VERSION}"))
 }
 
 fn non_empty_env(name: &str) -> Option<String> {

@@ -55,6 +55,10 @@ pub struct DiskTotals {
 pub struct VerifyReport {
     pub checked: u64,
     pub corrupt_removed: u64,
+    /// Intact entries of the model asked about (all intact entries without a model).
+    pub matched: u64,
+    /// Entries removed on request (`clear`).
+    pub removed: u64,
 }
 
 impl DiskTier {
@@ -201,8 +205,8 @@ impl DiskTier {
         })
     }
 
-    /// Checks every record; removes those that fail. With `model`, removes that model's
-    /// entries instead (`clear --model`) when `remove_model` is set.
+    /// Checks every record and removes those that fail; counts the intact entries of `model`
+    /// (of every model without one), and removes them too when `remove_model` is set.
     pub fn scan(
         &self,
         model: Option<&ModelDigest>,
@@ -222,8 +226,12 @@ impl DiskTier {
                         report.corrupt_removed += 1;
                         doomed.push(key.0);
                     }
-                    Ok(r) if remove_model && model.is_none_or(|m| *m == r.model) => {
-                        doomed.push(key.0)
+                    Ok(r) if model.is_none_or(|m| *m == r.model) => {
+                        report.matched += 1;
+                        if remove_model {
+                            report.removed += 1;
+                            doomed.push(key.0);
+                        }
                     }
                     Ok(_) => {}
                 }

@@ -266,9 +266,9 @@ impl ResultCache {
         self.disk_tier().map(|d| d.totals())
     }
 
-    /// Checks every disk record and removes the bad ones.
-    pub fn verify(&self) -> Option<Result<VerifyReport, DiskError>> {
-        self.disk_tier().map(|d| d.scan(None, false))
+    /// Checks every disk record and removes the bad ones; counts the entries of `model`.
+    pub fn verify(&self, model: Option<&ModelDigest>) -> Option<Result<VerifyReport, DiskError>> {
+        self.disk_tier().map(|d| d.scan(model, false))
     }
 
     /// Removes every entry, or only those of `model`.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use singlepoint_backend::EngineOptions;
+use singlepoint_cache::{CacheConfig, CacheStats, ResultCache};
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::cputime::{peak_rss_bytes, process_cpu_time};
 use singlepoint_runtime::{
@@ -61,6 +62,22 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
 
+    /// Result cache folder (default: the per-user cache, ~/.cache/singlepoint/results)
+    #[arg(long, env = "SINGLEPOINT_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Do not consult or fill the result cache
+    #[arg(long)]
+    no_cache: bool,
+
+    /// Memory the in-process cache tier may use (0 turns it off)
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    cache_mem: u64,
+
+    /// Disk the on-disk cache tier may use (0 turns it off)
+    #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
+    cache_disk: u64,
+
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
     no_fetch: bool,
@@ -78,6 +95,18 @@ enum FormatArg {
     Csv,
 }
 
+/// `--cache-dir`, or the per-user default.
+pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
+    match flag {
+        Some(dir) => dir.to_path_buf(),
+        None => singlepoint_core::user_dir().join("results"),
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    singlepoint_cache::parse_size(text)
+}
+
 /// Loads `--model`, or the bundled model.
 pub fn load_model(path: Option<&Path>) -> anyhow::Result<Model> {
     match path {
@@ -91,6 +120,7 @@ pub fn load_model(path: Option<&Path>) -> anyhow::Result<Model> {
 /// The validated settings of one run.
 struct Settings {
     config: PipelineConfig,
+    cache: Option<CacheConfig>,
     engine: EngineOptions,
     format: Format,
     show_top_k: bool,
@@ -119,7 +149,14 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
         Format::Text => 1,
         _ => 5,
     });
+    let cache = (!args.no_cache).then(|| CacheConfig {
+        memory_bytes: args.cache_mem,
+        disk: (args.cache_disk > 0)
+            .then(|| (cache_dir(args.cache_dir.as_deref()), args.cache_disk)),
+        ttl: None,
+    });
     Ok(Settings {
+        cache,
         config: PipelineConfig {
             batch_size: args.batch_size,
             instances,
@@ -146,7 +183,14 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {warning}");
     }
     let engine_kind = loaded.engine.kind();
-    let classifier = Classifier::new(model.clone(), loaded.engine, settings.config.clone())?;
+    let mut classifier = Classifier::new(model.clone(), loaded.engine, settings.config.clone())?;
+    if let Some(config) = &settings.cache {
+        let cache = Arc::new(ResultCache::open(config));
+        for warning in cache.take_warnings() {
+            eprintln!("warning: {warning}");
+        }
+        classifier = classifier.with_cache(cache);
+    }
 
     let stdin_used = args.inputs.iter().any(|a| a == "-");
     let stdin: Option<Box<dyn std::io::BufRead + Send>> =
@@ -186,15 +230,24 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         }
     })?;
     let cpu = process_cpu_time().saturating_sub(cpu_before);
+    if let Some(cache) = classifier.cache() {
+        for warning in cache.take_warnings() {
+            eprintln!("warning: {warning}");
+        }
+    }
     if let Some(pb) = progress {
         pb.finish_and_clear();
     }
     if let Some(e) = write_error {
         return Err(e).context("cannot write results");
     }
-    writer.finish(&stats, engine_kind.as_str())?;
+    let cache_stats = classifier.cache().map(|c| c.stats());
+    writer.finish(&stats, engine_kind.as_str(), cache_stats.as_ref())?;
     if !args.quiet {
         eprintln!("{}", summary(&stats, cpu, engine_kind.as_str(), &settings));
+        if let Some(c) = &cache_stats {
+            eprintln!("{}", cache_summary(&stats, c));
+        }
     }
     Ok(if stats.failed == 0 {
         ExitCode::SUCCESS
@@ -216,6 +269,24 @@ fn progress_bar(quiet: bool) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
+fn cache_summary(stats: &RunStats, c: &CacheStats) -> String {
+    format!(
+        "cache: {:.0}% hits ({} memory, {} disk, {} misses), {} coalesced, {} model executions, \
+         {} stored; memory {} entries / {} KiB, {} evicted; {} corrupt disk entries removed",
+        100.0 * c.hit_rate(),
+        c.memory_hits,
+        c.disk_hits,
+        c.misses,
+        stats.coalesced,
+        stats.model_executions,
+        c.inserts,
+        c.memory_entries,
+        c.memory_bytes >> 10,
+        c.memory_evictions + c.disk_evictions,
+        c.corrupt,
+    )
+}
+
 fn summary(stats: &RunStats, cpu: Duration, engine: &str, settings: &Settings) -> String {
     let secs = stats.wall.as_secs_f64().max(1e-9);
     let ok = stats.items - stats.failed;
@@ -228,13 +299,14 @@ fn summary(stats: &RunStats, cpu: Duration, engine: &str, settings: &Settings) -
     };
     format!(
         "{} images, {} failed, {:.0} images/s ({engine}, {} instance(s) × {} thread(s), batch {}; \
-         core-ms per image: decode {:.1}, preprocess {:.1}, inference {:.1}, total CPU {:.1}; peak RSS {} MiB)",
+         core-ms per image: key+cache {:.2}, decode {:.1}, preprocess {:.1}, inference {:.1}, total CPU {:.1}; peak RSS {} MiB)",
         stats.items,
         stats.failed,
         stats.items as f64 / secs,
         settings.config.instances,
         settings.engine.threads_per_session,
         settings.config.batch_size,
+        per_item(stats.cache),
         per_item(stats.read + stats.decode),
         per_item(stats.preprocess),
         per_item(stats.inference),

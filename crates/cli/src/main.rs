@@ -40,6 +40,27 @@ enum Command {
         #[command(subcommand)]
         action: ModelAction,
     },
+    /// Inspect or empty the on-disk result cache
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        /// Result cache folder (default: the per-user cache)
+        #[arg(long, global = true, env = "SINGLEPOINT_CACHE_DIR", value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+        /// Only this model's entries: a model folder or model.json
+        #[arg(long, global = true)]
+        model: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Entries and bytes on disk
+    Stats,
+    /// Remove every entry (or only `--model`'s)
+    Clear,
+    /// Check every entry's checksum; remove and count the corrupt ones
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -66,6 +87,11 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
         Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
+        Command::Cache {
+            action,
+            cache_dir,
+            model,
+        } => cache(action, cache_dir, model),
     };
     match result {
         Ok(code) => code,
@@ -111,6 +137,72 @@ fn runtime(action: RuntimeAction) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+fn disk<T>(result: Option<Result<T, singlepoint_cache::DiskError>>) -> anyhow::Result<T> {
+    Ok(result.context("the disk cache is off")??)
+}
+
+fn cache(
+    action: CacheAction,
+    dir: Option<PathBuf>,
+    model: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use singlepoint_cache::{CacheConfig, ResultCache};
+    let dir = classify::cache_dir(dir.as_deref());
+    let digest = match &model {
+        Some(path) => Some(classify::load_model(Some(path))?.digest),
+        None => None,
+    };
+    if !dir.join(singlepoint_cache::disk::FILE_NAME).exists() {
+        println!("no result cache in {}", dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cache = ResultCache::open(&CacheConfig {
+        memory_bytes: 0,
+        disk: Some((dir.clone(), u64::MAX)),
+        ttl: None,
+    });
+    if let Some(warning) = cache.take_warnings().into_iter().next() {
+        anyhow::bail!("{warning}");
+    }
+    let which = if model.is_some() {
+        "this model's"
+    } else {
+        "all"
+    };
+    let mut out = std::io::stdout().lock();
+    match action {
+        CacheAction::Stats => {
+            let totals = disk(cache.disk_totals())?;
+            writeln!(out, "cache:   {}", dir.display())?;
+            writeln!(out, "entries: {} ({} bytes)", totals.entries, totals.bytes)?;
+            if digest.is_some() {
+                let report = disk(cache.verify(digest.as_ref()))?;
+                writeln!(out, "model:   {} entries", report.matched)?;
+            }
+        }
+        CacheAction::Clear => {
+            let report = disk(cache.clear(digest.as_ref()))?;
+            writeln!(
+                out,
+                "removed {} entries ({which}) and {} corrupt",
+                report.removed, report.corrupt_removed
+            )?;
+        }
+        CacheAction::Verify => {
+            let report = disk(cache.verify(digest.as_ref()))?;
+            writeln!(
+                out,
+                "checked {} entries: {} corrupt (removed), {} intact ({which})",
+                report.checked, report.corrupt_removed, report.matched
+            )?;
+            if report.corrupt_removed > 0 {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn model(action: ModelAction) -> anyhow::Result<()> {

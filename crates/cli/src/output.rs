@@ -5,8 +5,9 @@
 use std::io::Write;
 
 use serde_json::{json, Value};
+use singlepoint_cache::CacheStats;
 use singlepoint_model::Model;
-use singlepoint_runtime::{ItemResult, RunStats};
+use singlepoint_runtime::{AnswerSource, ItemResult, RunStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -140,7 +141,12 @@ impl<W: Write> Writer<W> {
         writeln!(self.out, "{}", row.join(","))
     }
 
-    pub fn finish(&mut self, stats: &RunStats, engine: &str) -> std::io::Result<()> {
+    pub fn finish(
+        &mut self,
+        stats: &RunStats,
+        engine: &str,
+        cache: Option<&CacheStats>,
+    ) -> std::io::Result<()> {
         if self.format == Format::Json {
             let summary = json!({
                 "images": stats.items,
@@ -148,6 +154,14 @@ impl<W: Write> Writer<W> {
                 "seconds": stats.wall.as_secs_f64(),
                 "engine": engine,
                 "model_executions": stats.model_executions,
+                "cache": cache.map(|c| json!({
+                    "hit_rate": c.hit_rate(),
+                    "memory_hits": c.memory_hits,
+                    "disk_hits": c.disk_hits,
+                    "misses": c.misses,
+                    "coalesced": stats.coalesced,
+                    "corrupt": c.corrupt,
+                })),
             });
             let sep = if self.first { "" } else { "\n" };
             writeln!(self.out, "{sep}], \"summary\": {summary}}}")?;
@@ -161,6 +175,7 @@ fn item_json(result: &ItemResult) -> Value {
         Ok(c) => json!({
             "index": result.idx,
             "path": result.path.display().to_string(),
+            "cached": result.source == AnswerSource::Cache,
             "label": c.display_label,
             "top_k": c.top.iter().map(|s| json!({
                 "class": s.class_idx,
@@ -205,11 +220,13 @@ mod tests {
                         probability: 0.5,
                     }],
                 }),
+                source: AnswerSource::Computed,
             },
             ItemResult {
                 idx: 1,
                 path: PathBuf::from("bad.jpg"),
                 outcome: Err(ItemError::Read("gone".into())),
+                source: AnswerSource::Failed,
             },
         ]
     }
@@ -221,7 +238,7 @@ mod tests {
         for r in results() {
             w.item(&r).unwrap();
         }
-        w.finish(&RunStats::default(), "ort").unwrap();
+        w.finish(&RunStats::default(), "ort", None).unwrap();
         String::from_utf8(buf).unwrap()
     }
 

@@ -6,8 +6,26 @@
 //! in these types.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// singlepoint's per-user folder for things it keeps between runs (the ONNX Runtime library,
+/// the result cache): `$SINGLEPOINT_HOME`, else `$XDG_CACHE_HOME/singlepoint`, else
+/// `~/.cache/singlepoint`.
+pub fn user_dir() -> PathBuf {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(dir) = env("SINGLEPOINT_HOME") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = env("XDG_CACHE_HOME") {
+        return Path::new(&dir).join("singlepoint");
+    }
+    match env("HOME").or_else(|| env("USERPROFILE")) {
+        Some(home) => Path::new(&home).join(".cache").join("singlepoint"),
+        None => std::env::temp_dir().join("singlepoint"),
+    }
+}
 
 /// Element type of a tensor. Only `float32` flows through the image path today; the enum leaves
 /// room for token ids (`int64`) and audio (`float32`, `int16`) without changing the seam.

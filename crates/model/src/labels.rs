@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::Activation;
 use crate::ModelError;
@@ -119,7 +119,7 @@ impl LabelGroups {
 }
 
 /// One ranked class of one input.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClassScore {
     pub class_idx: usize,
     pub label: String,
@@ -127,7 +127,7 @@ pub struct ClassScore {
 }
 
 /// What classification returns for one input.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Classification {
     /// The plain word for the top class: its group name when it has one, else its label.
     pub display_label: String,

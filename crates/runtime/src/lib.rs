@@ -13,7 +13,7 @@ pub mod pipeline;
 
 pub use engine::{ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine};
 pub use inputs::{InputEntry, Inputs};
-pub use pipeline::{Classifier, ItemError, ItemResult, PipelineConfig, RunStats};
+pub use pipeline::{AnswerSource, Classifier, ItemError, ItemResult, PipelineConfig, RunStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

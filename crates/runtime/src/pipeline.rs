@@ -15,14 +15,16 @@
 //!
 //! A bad input fails alone: it is reported in its place and the rest of its batch runs.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use singlepoint_backend::{Engine, Session};
+use singlepoint_cache::{CacheKey, ResultCache};
 use singlepoint_core::Tensor;
 use singlepoint_model::{
     classify_row, decode_rgb, Classification, DecodeLimits, Model, Preprocessor,
@@ -118,6 +120,21 @@ pub struct ItemResult {
     pub idx: usize,
     pub path: PathBuf,
     pub outcome: Result<Classification, ItemError>,
+    /// Where the answer came from.
+    pub source: AnswerSource,
+}
+
+/// How an answer was obtained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerSource {
+    /// Decoded and run through the model.
+    Computed,
+    /// Returned by the result cache without decoding or running the model.
+    Cache,
+    /// The same input was being computed for an earlier item; this one shared its outcome.
+    Coalesced,
+    /// Never got as far as the model (a read or input error).
+    Failed,
 }
 
 /// Where the time went. Stage times are CPU time of the worker threads, in the stage.
@@ -126,8 +143,14 @@ pub struct RunStats {
     pub items: usize,
     pub failed: usize,
     pub batches: usize,
-    /// Engine runs: what a cache will save.
+    /// Engine runs: what the cache saves.
     pub model_executions: usize,
+    /// Items answered by the result cache.
+    pub cache_hits: usize,
+    /// Items that shared the computation of an identical earlier item.
+    pub coalesced: usize,
+    /// CPU time computing content keys and consulting the cache.
+    pub cache: Duration,
     pub read: Duration,
     pub decode: Duration,
     pub preprocess: Duration,
@@ -142,6 +165,9 @@ impl RunStats {
         self.failed += other.failed;
         self.batches += other.batches;
         self.model_executions += other.model_executions;
+        self.cache_hits += other.cache_hits;
+        self.coalesced += other.coalesced;
+        self.cache += other.cache;
         self.read += other.read;
         self.decode += other.decode;
         self.preprocess += other.preprocess;
@@ -155,10 +181,31 @@ pub struct Classifier {
     model: Arc<Model>,
     engine: Arc<dyn Engine>,
     config: PipelineConfig,
+    cache: Option<Arc<ResultCache>>,
+    /// The request options that change answers, as bound into cache keys.
+    options_key: Vec<u8>,
 }
 
+type Outcome = Result<Classification, ItemError>;
+/// Where a leader publishes the outcome that its followers in the same run share.
+type SharedOutcome = Arc<OnceLock<Outcome>>;
+
+/// A finished item on its way to the caller; a follower's outcome is filled in on emission.
+struct Pending {
+    result: ItemResult,
+    follow: Option<SharedOutcome>,
+}
+
+/// Keys being computed in this run: the leader's input index and where it will publish.
+/// An item follows a leader only if the leader comes earlier in input order, so that by the
+/// time the follower is emitted (in order) the leader's outcome is published.
+type InFlight = Mutex<HashMap<CacheKey, (usize, SharedOutcome)>>;
+
 type Batch = (usize, Vec<(usize, InputEntry)>);
-type BatchResults = (usize, Vec<ItemResult>, RunStats);
+type BatchResults = (usize, Vec<Pending>, RunStats);
+
+/// The encoding of cached answers. Part of every key, so a change of encoding misses.
+const ANSWER_FORMAT: &str = "classification-json-v1";
 
 impl Classifier {
     pub fn new(
@@ -167,11 +214,33 @@ impl Classifier {
         config: PipelineConfig,
     ) -> Result<Classifier, RuntimeError> {
         config.validate(&model)?;
+        let options_key = format!(
+            "{ANSWER_FORMAT};top_k={};labels={}",
+            config.top_k,
+            if model.groups.is_some() {
+                "grouped"
+            } else {
+                "fine"
+            }
+        )
+        .into_bytes();
         Ok(Classifier {
             model,
             engine,
             config,
+            cache: None,
+            options_key,
         })
+    }
+
+    /// Puts a result cache on the path: lookups before decoding, inserts after postprocessing.
+    pub fn with_cache(mut self, cache: Arc<ResultCache>) -> Classifier {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<ResultCache>> {
+        self.cache.as_ref()
     }
 
     pub fn model(&self) -> &Model {
@@ -209,13 +278,15 @@ impl Classifier {
             let _ = token_tx.send(());
         }
         let mut stats = RunStats::default();
+        let in_flight: InFlight = Mutex::new(HashMap::new());
         std::thread::scope(|scope| {
             let batch_size = self.config.batch_size;
             scope.spawn(move || produce(inputs, batch_size, batch_tx, token_rx));
             for session in sessions {
                 let rx = batch_rx.clone();
                 let tx = result_tx.clone();
-                scope.spawn(move || self.work(session, rx, tx));
+                let in_flight = &in_flight;
+                scope.spawn(move || self.work(session, rx, tx, in_flight));
             }
             drop((batch_rx, result_tx));
 
@@ -225,7 +296,17 @@ impl Classifier {
                 stats.add(&batch_stats);
                 pending.insert(seq, results);
                 while let Some(results) = pending.remove(&next_seq) {
-                    for result in results {
+                    for Pending { mut result, follow } in results {
+                        // The leader came earlier in input order, so it was emitted already
+                        // and its outcome is published.
+                        if let Some(shared) = follow {
+                            result.outcome = shared.get().cloned().unwrap_or_else(|| {
+                                Err(ItemError::Inference(
+                                    "the shared computation did not finish".into(),
+                                ))
+                            });
+                            stats.failed += usize::from(result.outcome.is_err());
+                        }
                         if on_result(result).is_break() {
                             break 'receive;
                         }
@@ -248,6 +329,7 @@ impl Classifier {
         mut session: Box<dyn Session>,
         batches: Receiver<Batch>,
         results: Sender<BatchResults>,
+        in_flight: &InFlight,
     ) {
         let mut preprocessor = Preprocessor::new(&self.model.manifest.preprocess);
         let item_len = preprocessor.item_len();
@@ -259,14 +341,64 @@ impl Classifier {
                 batches: 1,
                 ..RunStats::default()
             };
-            let mut outcomes: Vec<Option<Result<Classification, ItemError>>> =
-                vec![None; batch.len()];
-            let mut ready: Vec<usize> = Vec::with_capacity(batch.len());
+            let n = batch.len();
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+            let mut sources = vec![AnswerSource::Failed; n];
+            let mut follows: Vec<Option<SharedOutcome>> = vec![None; n];
+            let mut leads: Vec<Option<(CacheKey, SharedOutcome)>> = vec![None; n];
+            let mut ready: Vec<usize> = Vec::with_capacity(n);
             buffer.clear();
-            for (slot, (_, entry)) in batch.iter().enumerate() {
+            for (slot, (idx, entry)) in batch.iter().enumerate() {
+                let bytes = match self.read(entry, &mut stats) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        outcomes[slot] = Some(Err(e));
+                        continue;
+                    }
+                };
+                if let Some(cache) = &self.cache {
+                    let t0 = thread_cpu_time();
+                    let key = CacheKey::new(&self.model.digest, &self.options_key, &bytes);
+                    let hit = cache
+                        .get(&key)
+                        .and_then(|v| serde_json::from_slice::<Classification>(&v).ok());
+                    let looked_up = match hit {
+                        Some(answer) => {
+                            outcomes[slot] = Some(Ok(answer));
+                            sources[slot] = AnswerSource::Cache;
+                            stats.cache_hits += 1;
+                            true
+                        }
+                        None => {
+                            let mut map = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                            match map.get(&key) {
+                                Some((leader, shared)) if leader < idx => {
+                                    follows[slot] = Some(shared.clone());
+                                    sources[slot] = AnswerSource::Coalesced;
+                                    stats.coalesced += 1;
+                                    cache.record_coalesced();
+                                    true
+                                }
+                                // A later item is computing it: computing it again here is
+                                // cheaper than waiting out of order.
+                                Some(_) => false,
+                                None => {
+                                    let shared = SharedOutcome::default();
+                                    map.insert(key, (*idx, shared.clone()));
+                                    leads[slot] = Some((key, shared));
+                                    false
+                                }
+                            }
+                        }
+                    };
+                    stats.cache += thread_cpu_time().saturating_sub(t0);
+                    if looked_up {
+                        continue;
+                    }
+                }
                 buffer.resize((ready.len() + 1) * item_len, 0.0);
                 let out = &mut buffer[ready.len() * item_len..];
-                match self.prepare(entry, &mut preprocessor, out, &mut stats) {
+                match self.prepare(&bytes, &mut preprocessor, out, &mut stats) {
                     Ok(()) => ready.push(slot),
                     Err(e) => {
                         buffer.truncate(ready.len() * item_len);
@@ -295,6 +427,7 @@ impl Classifier {
                                 self.model.labels.as_ref(),
                                 self.model.groups.as_ref(),
                             )));
+                            sources[slot] = AnswerSource::Computed;
                         }
                     }
                     Ok(output) => {
@@ -315,43 +448,90 @@ impl Classifier {
                 }
                 stats.postprocess += thread_cpu_time().saturating_sub(t0);
             }
-            let items: Vec<ItemResult> = batch
+            self.publish(&mut outcomes, &mut leads, in_flight, &mut stats);
+            let items: Vec<Pending> = batch
                 .into_iter()
                 .zip(outcomes)
-                .map(|((idx, entry), outcome)| ItemResult {
-                    idx,
-                    path: entry.path,
-                    outcome: outcome.unwrap_or_else(|| Err(ItemError::Inference("not run".into()))),
+                .zip(sources.into_iter().zip(follows))
+                .map(|(((idx, entry), outcome), (source, follow))| Pending {
+                    result: ItemResult {
+                        idx,
+                        path: entry.path,
+                        outcome: outcome
+                            .unwrap_or_else(|| Err(ItemError::Inference("not run".into()))),
+                        source,
+                    },
+                    follow,
                 })
                 .collect();
-            stats.failed = items.iter().filter(|r| r.outcome.is_err()).count();
+            stats.failed = items
+                .iter()
+                .filter(|p| p.follow.is_none() && p.result.outcome.is_err())
+                .count();
             if results.send((seq, items, stats)).is_err() {
                 return;
             }
         }
     }
 
-    /// Reads, decodes and preprocesses one input into `out`.
-    fn prepare(
+    /// Shares each leader's outcome with its followers and stores the successes in the cache
+    /// (errors are never cached).
+    fn publish(
         &self,
-        entry: &InputEntry,
-        preprocessor: &mut Preprocessor,
-        out: &mut [f32],
+        outcomes: &mut [Option<Outcome>],
+        leads: &mut [Option<(CacheKey, SharedOutcome)>],
+        in_flight: &InFlight,
         stats: &mut RunStats,
-    ) -> Result<(), ItemError> {
+    ) {
+        let Some(cache) = &self.cache else { return };
+        let t0 = thread_cpu_time();
+        let mut inserts = Vec::new();
+        for (outcome, lead) in outcomes.iter().zip(leads.iter_mut()) {
+            let Some((key, shared)) = lead.take() else {
+                continue;
+            };
+            let outcome = outcome
+                .clone()
+                .unwrap_or_else(|| Err(ItemError::Inference("not run".into())));
+            if let Ok(answer) = &outcome {
+                if let Ok(bytes) = serde_json::to_vec(answer) {
+                    inserts.push((key, Arc::<[u8]>::from(bytes)));
+                }
+            }
+            let _ = shared.set(outcome);
+            let mut map = in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&key).is_some_and(|(_, s)| Arc::ptr_eq(s, &shared)) {
+                map.remove(&key);
+            }
+        }
+        cache.insert_many(&self.model.digest, &inserts);
+        stats.cache += thread_cpu_time().saturating_sub(t0);
+    }
+
+    fn read(&self, entry: &InputEntry, stats: &mut RunStats) -> Result<Vec<u8>, ItemError> {
         if let Some(problem) = &entry.problem {
             return Err(ItemError::Input(problem.reason.clone()));
         }
         let t0 = thread_cpu_time();
-        let bytes = read_file(&entry.path, self.config.limits.max_pixels)?;
+        let bytes = read_file(&entry.path, self.config.limits.max_pixels);
+        stats.read += thread_cpu_time().saturating_sub(t0);
+        bytes
+    }
+
+    /// Decodes and preprocesses one input's bytes into `out`.
+    fn prepare(
+        &self,
+        bytes: &[u8],
+        preprocessor: &mut Preprocessor,
+        out: &mut [f32],
+        stats: &mut RunStats,
+    ) -> Result<(), ItemError> {
         let t1 = thread_cpu_time();
-        stats.read += t1.saturating_sub(t0);
         let min_side = self.model.manifest.preprocess.min_source_short_side();
         let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            decode_rgb(&bytes, &self.config.limits, Some(min_side))
+            decode_rgb(bytes, &self.config.limits, Some(min_side))
         }))
         .map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))?;
-        drop(bytes);
         let (image, _) = decoded?;
         let t2 = thread_cpu_time();
         stats.decode += t2.saturating_sub(t1);

@@ -77,7 +77,7 @@ fn a_corrupted_disk_entry_is_detected_counted_and_removed() {
 
     assert!(cache.get(&key(1)).is_none());
     assert_eq!(cache.stats().corrupt, 1);
-    let report = cache.verify().unwrap().unwrap();
+    let report = cache.verify(None).unwrap().unwrap();
     assert_eq!((report.checked, report.corrupt_removed), (2, 1));
     assert!(cache.get(&key(2)).is_none());
     assert_eq!(cache.get(&key(3)).as_deref(), Some(&value(3)[..]));
@@ -274,7 +274,7 @@ fn sigkill_during_writes_leaves_only_intact_entries() {
             cache.take_warnings().is_empty(),
             "round {round}: the database must reopen"
         );
-        let report = cache.verify().unwrap().unwrap();
+        let report = cache.verify(None).unwrap().unwrap();
         assert_eq!(report.corrupt_removed, 0, "round {round}: {report:?}");
         assert!(
             report.checked > 0,

@@ -9,12 +9,19 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Runs the binary with a fresh result cache of its own.
 fn singlepoint(args: &[&str], stdin: Option<&str>) -> Output {
+    let cache = tempfile::tempdir().unwrap();
+    singlepoint_with_cache(args, stdin, cache.path())
+}
+
+fn singlepoint_with_cache(args: &[&str], stdin: Option<&str>, cache: &Path) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_singlepoint"))
         .args(args)
         .current_dir(repo())
         .env_remove("SINGLEPOINT_MODEL")
         .env_remove("SINGLEPOINT_BACKEND")
+        .env("SINGLEPOINT_CACHE_DIR", cache)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -223,4 +230,75 @@ fn a_model_folder_runs_through_the_same_path() {
         "{}",
         text(&info.stdout)
     );
+}
+
+#[test]
+fn a_second_run_is_answered_from_the_disk_cache_without_inference() {
+    let cache = tempfile::tempdir().unwrap();
+    let first =
+        singlepoint_with_cache(&["classify", "photos/", "--top-k", "3"], None, cache.path());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stderr).contains("0% hits"),
+        "{}",
+        text(&first.stderr)
+    );
+    let second =
+        singlepoint_with_cache(&["classify", "photos/", "--top-k", "3"], None, cache.path());
+    assert!(second.status.success(), "{}", text(&second.stderr));
+    assert_eq!(
+        text(&first.stdout),
+        text(&second.stdout),
+        "identical answers"
+    );
+    let stderr = text(&second.stderr);
+    assert!(
+        stderr.contains("100% hits (0 memory, 7 disk, 0 misses)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(" 0 model executions"), "{stderr}");
+
+    // Other options that change the answer are other keys.
+    let third =
+        singlepoint_with_cache(&["classify", "photos/", "--top-k", "2"], None, cache.path());
+    assert!(
+        text(&third.stderr).contains("0% hits"),
+        "{}",
+        text(&third.stderr)
+    );
+
+    let dir = cache.path().display().to_string();
+    let verify = singlepoint(&["cache", "verify", "--cache-dir", &dir], None);
+    assert!(verify.status.success());
+    assert!(
+        text(&verify.stdout).contains("checked 14 entries: 0 corrupt"),
+        "{}",
+        text(&verify.stdout)
+    );
+    let clear = singlepoint(&["cache", "clear", "--cache-dir", &dir], None);
+    assert!(
+        text(&clear.stdout).contains("removed 14 entries"),
+        "{}",
+        text(&clear.stdout)
+    );
+}
+
+#[test]
+fn no_cache_and_an_unusable_cache_folder_still_classify() {
+    let out = singlepoint(&["classify", "photos/coffee.png", "--no-cache"], None);
+    assert!(out.status.success());
+    assert!(
+        !text(&out.stderr).contains("cache:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = singlepoint_with_cache(&["classify", "photos/coffee.png"], None, &file);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("espresso"));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("memory only").count(), 1, "{stderr}");
 }

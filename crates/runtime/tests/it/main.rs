@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use singlepoint_backend::{BackendKind, EngineOptions};
+use singlepoint_cache::{CacheConfig, ResultCache};
 use singlepoint_model::{DecodeError, DecodeLimits, Model};
 use singlepoint_runtime::{
-    load_engine, BackendChoice, Classifier, Inputs, ItemError, ItemResult, PipelineConfig,
+    load_engine, AnswerSource, BackendChoice, Classifier, Inputs, ItemError, ItemResult,
+    PipelineConfig, RunStats,
 };
 
 fn repo() -> PathBuf {
@@ -350,4 +352,106 @@ fn a_manifest_that_contradicts_its_model_is_refused_naming_the_field() {
         );
         assert!(msg.contains("model.json"), "{kind}: {msg}");
     }
+}
+
+fn cached_classifier(dir: &Path, top_k: usize) -> Classifier {
+    let cache = Arc::new(ResultCache::open(&CacheConfig {
+        memory_bytes: 1 << 20,
+        disk: Some((dir.to_path_buf(), 1 << 24)),
+        ttl: None,
+    }));
+    classifier(
+        BackendKind::Ort,
+        PipelineConfig {
+            top_k,
+            batch_size: 4,
+            instances: 2,
+            ..PipelineConfig::default()
+        },
+    )
+    .with_cache(cache)
+}
+
+fn run_with_stats(c: &Classifier, args: Vec<String>) -> (Vec<ItemResult>, RunStats) {
+    let mut results = Vec::new();
+    let stats = c
+        .run(Inputs::new(args, None), |r| {
+            results.push(r);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (results, stats)
+}
+
+#[test]
+fn repeated_inputs_are_computed_once_and_hits_skip_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = repo().join("photos");
+    // 10 copies of each of 4 photos, interleaved: 4 distinct inputs among 40.
+    let names = ["chelsea.png", "coffee.png", "rocket.jpg", "china.jpg"];
+    let args: Vec<String> = (0..40)
+        .map(|i| photos.join(names[i % 4]).display().to_string())
+        .collect();
+    let c = cached_classifier(dir.path(), 5);
+    let (first, stats) = run_with_stats(&c, args.clone());
+    assert_eq!(stats.failed, 0);
+    let computed = first
+        .iter()
+        .filter(|r| r.source == AnswerSource::Computed)
+        .count();
+    assert!(
+        (4..=8).contains(&computed),
+        "{computed} computed of 40: {stats:?}"
+    );
+    assert_eq!(
+        first
+            .iter()
+            .filter(|r| r.source != AnswerSource::Computed)
+            .count(),
+        stats.cache_hits + stats.coalesced
+    );
+    for (i, r) in first.iter().enumerate() {
+        assert_eq!(
+            r.outcome,
+            first[i % 4].outcome,
+            "item {i} differs from its twin"
+        );
+    }
+
+    // A new process's worth of cache: the disk tier answers everything, the model never runs.
+    drop(c);
+    let c = cached_classifier(dir.path(), 5);
+    let (second, stats) = run_with_stats(&c, args);
+    assert_eq!(stats.model_executions, 0, "{stats:?}");
+    assert_eq!(stats.cache_hits, 40);
+    assert!(second.iter().all(|r| r.source == AnswerSource::Cache));
+    let outcomes = |rs: &[ItemResult]| rs.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>();
+    assert_eq!(outcomes(&first), outcomes(&second));
+    let cache = c.cache().unwrap().stats();
+    assert_eq!((cache.disk_hits, cache.memory_hits), (4, 36));
+}
+
+#[test]
+fn different_options_and_different_bytes_are_different_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = repo().join("photos/chelsea.png");
+    let c5 = cached_classifier(dir.path(), 5);
+    run_with_stats(&c5, vec![photo.display().to_string()]);
+    drop(c5);
+    let c2 = cached_classifier(dir.path(), 2);
+    let (results, stats) = run_with_stats(&c2, vec![photo.display().to_string()]);
+    assert_eq!(
+        stats.cache_hits, 0,
+        "top-k 2 must not be served top-k 5's answer"
+    );
+    assert_eq!(results[0].outcome.as_ref().unwrap().top.len(), 2);
+
+    // The same file with one byte changed (a PNG text chunk) is a different input.
+    let mut bytes = std::fs::read(&photo).unwrap();
+    let n = bytes.len();
+    bytes[n - 20] ^= 0x01;
+    let edited = dir.path().join("edited.png");
+    std::fs::write(&edited, &bytes).unwrap();
+    let (_, stats) = run_with_stats(&c2, vec![edited.display().to_string()]);
+    assert_eq!(stats.cache_hits, 0);
 }
