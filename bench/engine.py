@@ -40,7 +40,7 @@ def main():
     report = ["# Engine throughput: singlepoint (Rust, ort) vs onnxruntime-Python\n",
               f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
               f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
-              f"- ONNX Runtime {onnxruntime.__version__} on both sides, {args.threads} intra-op threads, one session",
+              f"- ONNX Runtime {onnxruntime.__version__} on both sides, {args.threads} intra-op threads, one session, thread spinning on (onnxruntime's default; `classify` turns it off and runs one single-threaded session per core instead)",
               f"- command: `python3 bench/engine.py {' '.join(sys.argv[1:])}`",
               f"- {args.rounds} alternating rounds of {args.seconds} s per batch size; median images/s, spread min..max\n",
               "| model | batch | singlepoint img/s | spread | onnxruntime-Python img/s | spread | ratio |",
@@ -48,7 +48,8 @@ def main():
     for name, path in models.items():
         ours, peer = {}, {}
         for r in range(args.rounds):
-            for rec in lines([example, path, "ort", str(args.threads), str(args.seconds), *args.batches]):
+            # Spinning on, as onnxruntime-Python has it by default: the same engine settings.
+            for rec in lines([example, path, "ort", str(args.threads), "1", str(args.seconds), *args.batches]):
                 ours.setdefault(rec["batch"], []).append(rec["images_per_s"])
             for rec in lines([sys.executable, os.path.join(root, "engine_peer.py"), path, str(args.threads), str(args.seconds), *args.batches]):
                 peer.setdefault(rec["batch"], []).append(rec["images_per_s"])

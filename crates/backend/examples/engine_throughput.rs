@@ -1,7 +1,7 @@
 //! Engine throughput on a model at given batch sizes: the Rust half of `bench/engine.py`.
 //!
 //! `cargo run --release -p singlepoint-backend --example engine_throughput -- \
-//!     MODEL.onnx BACKEND THREADS SECONDS BATCH...`
+//!     MODEL.onnx BACKEND THREADS SPIN(0|1) SECONDS BATCH...`
 //!
 //! Prints one JSON line per batch size: images per second over a timed loop after a warm-up,
 //! on one session with THREADS intra-op threads, input of constant synthetic values.
@@ -13,19 +13,23 @@ use singlepoint_core::{Dim, Tensor};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 5 {
-        eprintln!("usage: engine_throughput MODEL.onnx ort|tract THREADS SECONDS BATCH...");
+    if args.len() < 6 {
+        eprintln!(
+            "usage: engine_throughput MODEL.onnx ort|tract THREADS SPIN(0|1) SECONDS BATCH..."
+        );
         std::process::exit(2);
     }
     let onnx = std::fs::read(&args[0]).expect("model file");
     let kind: BackendKind = args[1].parse().expect("backend");
     let threads: usize = args[2].parse().expect("threads");
-    let seconds: f64 = args[3].parse().expect("seconds");
+    let spin_wait = args[3] == "1";
+    let seconds: f64 = args[4].parse().expect("seconds");
     let engine = load(
         kind,
         onnx.into(),
         EngineOptions {
             threads_per_session: threads,
+            spin_wait,
         },
     )
     .expect("load");
@@ -37,7 +41,7 @@ fn main() {
             Dim::Dynamic => panic!("dynamic non-batch axis"),
         })
         .collect();
-    for batch in &args[4..] {
+    for batch in &args[5..] {
         let batch: usize = batch.parse().expect("batch");
         let mut shape = vec![batch];
         shape.extend(&item);
@@ -56,7 +60,7 @@ fn main() {
         }
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "{{\"engine\": \"{kind}\", \"batch\": {batch}, \"threads\": {threads}, \"runs\": {runs}, \"images_per_s\": {:.2}}}",
+            "{{\"engine\": \"{kind}\", \"batch\": {batch}, \"threads\": {threads}, \"spin\": {spin_wait}, \"runs\": {runs}, \"images_per_s\": {:.2}}}",
             (runs as f64 * batch as f64) / secs
         );
     }

@@ -85,12 +85,17 @@ pub enum BackendError {
 pub struct EngineOptions {
     /// Threads each session may use for one run (intra-op parallelism).
     pub threads_per_session: usize,
+    /// Let a session's idle pool threads spin between operators (ONNX Runtime's default).
+    /// Faster at batch 1 on several threads, but spinning threads burn the cores that decoding
+    /// and other instances need, and bill idle time; off unless asked for.
+    pub spin_wait: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             threads_per_session: 1,
+            spin_wait: false,
         }
     }
 }

@@ -3,8 +3,9 @@
 //! The library is loaded once per process from the path [`crate::ort_runtime::locate`] finds;
 //! loading checks its version, so a wrong library is an error, not a crash. Each [`Session`]
 //! is a separate `ort::Session` with its own intra-op thread pool of
-//! [`EngineOptions::threads_per_session`] threads and spinning off, so idle pools do not burn
-//! the cores that decoding needs.
+//! [`EngineOptions::threads_per_session`] threads; spinning is off unless
+//! [`EngineOptions::spin_wait`] asks for it, so idle pools do not burn the cores that decoding
+//! needs.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -94,9 +95,9 @@ fn build_session(onnx: &[u8], options: EngineOptions) -> Result<OrtSession, Back
         .map_err(load_error)?
         .with_inter_threads(1)
         .map_err(load_error)?
-        .with_intra_op_spinning(false)
+        .with_intra_op_spinning(options.spin_wait)
         .map_err(load_error)?
-        .with_inter_op_spinning(false)
+        .with_inter_op_spinning(options.spin_wait)
         .map_err(load_error)?;
     builder.commit_from_memory(onnx).map_err(load_error)
 }

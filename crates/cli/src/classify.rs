@@ -78,6 +78,11 @@ pub struct ClassifyArgs {
     #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
     cache_disk: u64,
 
+    /// Cached answers older than this are recomputed: `90s`, `30m`, `12h`, `7d` (default: no
+    /// expiry; answers do not go stale, since keys bind the model and the input bytes)
+    #[arg(long, value_parser = parse_duration, value_name = "AGE")]
+    cache_ttl: Option<Duration>,
+
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
     no_fetch: bool,
@@ -101,6 +106,25 @@ pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
         Some(dir) => dir.to_path_buf(),
         None => singlepoint_core::user_dir().join("results"),
     }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age such as 90s, 30m, 12h or 7d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}`; use s, m, h or d")),
+    };
+    if n == 0 {
+        return Err("the cache TTL must be positive".into());
+    }
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -153,7 +177,7 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
         memory_bytes: args.cache_mem,
         disk: (args.cache_disk > 0)
             .then(|| (cache_dir(args.cache_dir.as_deref()), args.cache_disk)),
-        ttl: None,
+        ttl: args.cache_ttl,
     });
     Ok(Settings {
         cache,
@@ -168,6 +192,7 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
         },
         engine: EngineOptions {
             threads_per_session: (threads / instances).max(1),
+            ..EngineOptions::default()
         },
         format,
         show_top_k: args.top_k.is_some(),

@@ -156,6 +156,7 @@ pub struct RunStats {
     pub preprocess: Duration,
     pub inference: Duration,
     pub postprocess: Duration,
+    /// From the first input to the last result, engine sessions already created.
     pub wall: Duration,
 }
 
@@ -266,10 +267,11 @@ impl Classifier {
         inputs: impl Iterator<Item = InputEntry> + Send,
         mut on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
     ) -> Result<RunStats, RuntimeError> {
-        let started = Instant::now();
         let sessions = (0..self.config.instances)
             .map(|_| self.engine.session())
             .collect::<Result<Vec<_>, _>>()?;
+        // Steady state: the clock starts once the sessions exist.
+        let started = Instant::now();
         let window = self.config.instances * self.config.batches_in_flight_per_instance;
         let (batch_tx, batch_rx) = bounded::<Batch>(window);
         let (result_tx, result_rx) = bounded::<BatchResults>(window);

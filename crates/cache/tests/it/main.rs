@@ -288,3 +288,19 @@ fn sigkill_during_writes_leaves_only_intact_entries() {
         }
     }
 }
+
+#[test]
+fn entries_past_their_ttl_are_misses_in_both_tiers() {
+    let dir = tempfile::tempdir().unwrap();
+    for (memory, disk) in [(1 << 20, 0), (0, 1 << 20)] {
+        let cache = ResultCache::open(&CacheConfig {
+            memory_bytes: memory,
+            disk: (disk > 0).then(|| (dir.path().to_path_buf(), disk)),
+            ttl: Some(Duration::from_secs(1)),
+        });
+        cache.insert(&MODEL, key(1), value(1));
+        assert!(cache.get(&key(1)).is_some());
+        std::thread::sleep(Duration::from_millis(2_100));
+        assert!(cache.get(&key(1)).is_none(), "memory {memory}, disk {disk}");
+    }
+}
