@@ -11,6 +11,7 @@ alternating runs. Writes bench/results/cache-DATE.md.
 Usage: python3 bench/cache.py [--runs 3] [--bin target/release/singlepoint]
 Needs bench/make_photos.py to have been run.
 """
+from common import header
 import argparse, datetime, os, platform, random, re, statistics, subprocess, sys, tempfile, time
 
 root = os.path.dirname(os.path.abspath(__file__))
@@ -38,11 +39,7 @@ def main():
     rng.shuffle(repeat)
     workloads = {"repeat (100 distinct × 10)": repeat, "thrash (1000 distinct)": web[:1000]}
     base = [args.bin, "classify", "-", "--backend", "ort", "--no-fetch", "-q"]
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    report = ["# Result cache: cache on vs --no-cache\n",
-              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-              f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
-              f"- command: `python3 bench/cache.py {' '.join(sys.argv[1:])}`",
+    report = header("Result cache: cache on vs --no-cache", "cache.py") + [
               f"- {args.runs} alternating runs per side; medians. 'cache on' starts from an empty cache folder every run.",
               "- end-to-end: process start to exit; steady state: singlepoint's own images/s, clock started after model load and session creation\n",
               "| workload | side | end-to-end s | steady images/s | model executions |",

@@ -10,6 +10,7 @@ Needs the example built: cargo build --release -p singlepoint-backend --example 
 (the script builds it), ../shared/models/mobilenet-v2-random for the random MobileNetV2
 (copied to bench/data/, which is not committed).
 """
+from common import header
 import argparse, datetime, json, os, platform, shutil, statistics, subprocess, sys
 
 root = os.path.dirname(os.path.abspath(__file__))
@@ -36,12 +37,8 @@ def main():
     models = {"EfficientNet-Lite0": os.path.join(repo, "models", "efficientnet-lite0", "model.onnx"),
               "MobileNetV2 (random weights)": mobilenet}
     import onnxruntime
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    report = ["# Engine throughput: singlepoint (Rust, ort) vs onnxruntime-Python\n",
-              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-              f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
+    report = header("Engine throughput: singlepoint (Rust, ort) vs onnxruntime-Python", "engine.py") + [
               f"- ONNX Runtime {onnxruntime.__version__} on both sides, {args.threads} intra-op threads, one session, thread spinning on (onnxruntime's default; `classify` turns it off and runs one single-threaded session per core instead)",
-              f"- command: `python3 bench/engine.py {' '.join(sys.argv[1:])}`",
               f"- {args.rounds} alternating rounds of {args.seconds} s per batch size; median images/s, spread min..max\n",
               "| model | batch | singlepoint img/s | spread | onnxruntime-Python img/s | spread | ratio |",
               "|---|---|---|---|---|---|---|"]

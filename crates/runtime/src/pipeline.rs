@@ -1,10 +1,15 @@
 //! The classification pipeline: a stream of inputs → ordered [`ItemResult`]s.
 //!
 //! ```text
-//!  producer thread          worker threads (× instances)              caller's thread
-//!  Inputs → batches ──▶ [read → decode → preprocess] × batch ──▶ reorder by sequence
-//!        (bounded)       → one engine run → postprocess             → on_result, in order
+//!  producer thread     worker threads (× instances)                        caller's thread
+//!  Inputs → batches ──▶ [read → key → cache? → decode → preprocess] × B ──▶ reorder by sequence
+//!        (bounded)       → one engine run → postprocess → cache insert     → on_result, in order
 //! ```
+//!
+//! With a [`ResultCache`], a hit is the answer and the input is never decoded; an input whose
+//! key an earlier item of the same run is computing shares that item's outcome (filled in on
+//! emission, when the earlier item's outcome is already published); successes are stored after
+//! postprocessing, errors never.
 //!
 //! Each worker owns one engine [`Session`] and one [`Preprocessor`] and takes whole batches,
 //! so decoding one batch overlaps inference of another on the other cores, and decode threads
