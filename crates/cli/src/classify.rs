@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use singlepoint_backend::EngineOptions;
+use singlepoint_backend::{BackendKind, EngineOptions};
 use singlepoint_cache::{CacheConfig, CacheStats, ResultCache};
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::cputime::{peak_rss_bytes, process_cpu_time};
@@ -44,10 +44,11 @@ pub struct ClassifyArgs {
     #[arg(long)]
     instances: Option<usize>,
 
-    /// Images per engine run (small batches keep each instance's activations in cache: on
-    /// EfficientNet-Lite0 batch 4 costs fewer core-ms per image than 16 or 32)
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
+    /// Images per engine run (default: 4 on ONNX Runtime, 1 on tract). Small batches keep each
+    /// instance's activations in cache: on EfficientNet-Lite0, ONNX Runtime costs the fewest
+    /// core-ms per image at batch 4, tract at batch 1 (half its cost at batch 4)
+    #[arg(long)]
+    batch_size: Option<usize>,
 
     /// Show the K most likely classes with their probabilities (text output shows only the
     /// label unless this is given; structured formats default to 5)
@@ -98,6 +99,15 @@ enum FormatArg {
     Json,
     Jsonl,
     Csv,
+}
+
+/// The batch each engine runs cheapest per image on one single-threaded instance per core
+/// (measured on EfficientNet-Lite0; see bench/results/).
+fn default_batch_size(kind: BackendKind) -> usize {
+    match kind {
+        BackendKind::Ort => 4,
+        BackendKind::Tract => 1,
+    }
 }
 
 /// `--cache-dir`, or the per-user default.
@@ -182,7 +192,8 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
     Ok(Settings {
         cache,
         config: PipelineConfig {
-            batch_size: args.batch_size,
+            // Settled once the engine is known; see `default_batch_size`.
+            batch_size: args.batch_size.unwrap_or(1),
             instances,
             top_k,
             limits: DecodeLimits {
@@ -200,7 +211,7 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
 }
 
 pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
-    let settings = validate(&args)?;
+    let mut settings = validate(&args)?;
     let model = Arc::new(load_model(args.model.as_deref())?);
     let loaded = load_engine(&model, args.backend, settings.engine, !args.no_fetch)
         .with_context(|| format!("cannot start the model `{}`", model.manifest.name))?;
@@ -208,6 +219,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {warning}");
     }
     let engine_kind = loaded.engine.kind();
+    settings.config.batch_size = args.batch_size.unwrap_or(default_batch_size(engine_kind));
     let mut classifier = Classifier::new(model.clone(), loaded.engine, settings.config.clone())?;
     if let Some(config) = &settings.cache {
         let cache = Arc::new(ResultCache::open(config));
