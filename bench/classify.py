@@ -9,6 +9,7 @@ Writes a Markdown report to bench/results/.
 Usage: python3 bench/classify.py [--runs 3] [--sets web camera] [--bin target/release/singlepoint]
 Needs bench/make_photos.py to have been run, and Pillow, numpy, onnxruntime for the peer.
 """
+from common import header
 import argparse, datetime, json, os, platform, re, statistics, subprocess, sys, time
 
 root = os.path.dirname(os.path.abspath(__file__))
@@ -43,14 +44,9 @@ def main():
     ap.add_argument("--extra", nargs="*", default=[], help="extra flags for singlepoint classify")
     args = ap.parse_args()
     model_dir = os.path.join(repo, "models", "efficientnet-lite0")
-    report = []
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    report.append(f"# classify: singlepoint vs hand-written Python (PIL + onnxruntime)\n")
-    report.append(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    report.append(f"- machine: {os.cpu_count()} cores ({cpu}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, {platform.system()} {platform.release()}")
+    report = header("classify: singlepoint vs hand-written Python (PIL + onnxruntime)", "classify.py")
     import onnxruntime, PIL, numpy
     report.append(f"- peer: Python {platform.python_version()}, Pillow {PIL.__version__}, numpy {numpy.__version__}, onnxruntime {onnxruntime.__version__}")
-    report.append(f"- command: `python3 bench/classify.py {' '.join(sys.argv[1:])}`")
     report.append(f"- runs: {args.runs} alternating pairs per set; medians shown\n")
     for name in args.sets:
         folder = os.path.join(root, "data", name)

@@ -6,7 +6,8 @@ peak RSS should not grow with the file count.
 Usage: python3 bench/flat_memory.py [--bin target/release/singlepoint]
 Writes bench/results/flat-memory-DATE.md.
 """
-import argparse, datetime, os, platform, subprocess, sys, time
+from common import header
+import argparse, datetime, os, subprocess, sys, time
 from PIL import Image
 
 root = os.path.dirname(os.path.abspath(__file__))
@@ -44,12 +45,8 @@ def main():
             sys.exit(f"{n} files: exit {status}, {lines} lines: {err[-1000:]}")
         rows.append(f"| {n:,} | {wall:.1f} | {usage.ru_maxrss / 1024:.0f} |")
         print(rows[-1], file=sys.stderr)
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    text = "\n".join([
-        "# Peak memory vs number of inputs\n",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
-        f"- command: `python3 bench/flat_memory.py {' '.join(sys.argv[1:])}` (`singlepoint classify FOLDER --model models/digits-cnn --no-cache --format jsonl`)\n",
+    text = "\n".join(header("Peak memory vs number of inputs", "flat_memory.py") + [
+        "- runs `singlepoint classify FOLDER --model models/digits-cnn --no-cache --format jsonl`\n",
         "| files | wall s | peak RSS MiB |", "|---|---|---|", *rows]) + "\n"
     print(text)
     with open(os.path.join(root, "results", f"flat-memory-{datetime.date.today()}.md"), "w") as f:

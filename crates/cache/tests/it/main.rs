@@ -223,9 +223,11 @@ fn a_panicking_leader_releases_its_followers() {
     assert_eq!((v, role), (42, Role::Leader));
 }
 
-/// Run as a child process by `sigkill_during_writes_leaves_only_intact_entries`: writes
-/// batches to the disk cache in `SP_CACHE_WRITER_DIR` until killed.
+/// Not a test: the child process of `sigkill_during_writes_leaves_only_intact_entries`, which
+/// runs it with `--ignored`. Writes batches to the disk cache in `SP_CACHE_WRITER_DIR` until
+/// killed.
 #[test]
+#[ignore = "helper process for the SIGKILL test"]
 fn cache_writer_child() {
     let Ok(dir) = std::env::var("SP_CACHE_WRITER_DIR") else {
         return;
@@ -249,6 +251,7 @@ fn sigkill_during_writes_leaves_only_intact_entries() {
             .args([
                 "--exact",
                 "cache_writer_child",
+                "--ignored",
                 "--nocapture",
                 "--test-threads",
                 "1",
