@@ -17,6 +17,7 @@ use singlepoint_runtime::{
     load_engine, BackendChoice, Classifier, Inputs, PipelineConfig, RunStats,
 };
 
+use crate::cache_args::CacheArgs;
 use crate::output::{Format, Writer};
 
 #[derive(Args)]
@@ -63,26 +64,8 @@ pub struct ClassifyArgs {
     #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
 
-    /// Result cache folder (default: the per-user cache, ~/.cache/singlepoint/results)
-    #[arg(long, env = "SINGLEPOINT_CACHE_DIR", value_name = "DIR")]
-    cache_dir: Option<PathBuf>,
-
-    /// Do not consult or fill the result cache
-    #[arg(long)]
-    no_cache: bool,
-
-    /// Memory the in-process cache tier may use (0 turns it off)
-    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
-    cache_mem: u64,
-
-    /// Disk the on-disk cache tier may use (0 turns it off)
-    #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
-    cache_disk: u64,
-
-    /// Cached answers older than this are recomputed: `90s`, `30m`, `12h`, `7d` (default: no
-    /// expiry; answers do not go stale, since keys bind the model and the input bytes)
-    #[arg(long, value_parser = parse_duration, value_name = "AGE")]
-    cache_ttl: Option<Duration>,
+    #[command(flatten)]
+    cache: CacheArgs,
 
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
@@ -108,37 +91,6 @@ fn default_batch_size(kind: BackendKind) -> usize {
         BackendKind::Ort => 4,
         BackendKind::Tract => 1,
     }
-}
-
-/// `--cache-dir`, or the per-user default.
-pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
-    match flag {
-        Some(dir) => dir.to_path_buf(),
-        None => singlepoint_core::user_dir().join("results"),
-    }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not an age such as 90s, 30m, 12h or 7d"))?;
-    let secs = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}`: unknown unit `{unit}`; use s, m, h or d")),
-    };
-    if n == 0 {
-        return Err("the cache TTL must be positive".into());
-    }
-    Ok(Duration::from_secs(n.saturating_mul(secs)))
-}
-
-fn parse_size(text: &str) -> Result<u64, String> {
-    singlepoint_cache::parse_size(text)
 }
 
 /// Loads `--model`, or the bundled model.
@@ -183,12 +135,7 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
         Format::Text => 1,
         _ => 5,
     });
-    let cache = (!args.no_cache).then(|| CacheConfig {
-        memory_bytes: args.cache_mem,
-        disk: (args.cache_disk > 0)
-            .then(|| (cache_dir(args.cache_dir.as_deref()), args.cache_disk)),
-        ttl: args.cache_ttl,
-    });
+    let cache = args.cache.config();
     Ok(Settings {
         cache,
         config: PipelineConfig {

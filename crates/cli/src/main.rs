@@ -2,8 +2,10 @@
 //! the runtime's config types, and handed to `singlepoint-runtime`; this crate only knows
 //! about terminals, flags and output formats.
 
+mod cache_args;
 mod classify;
 mod output;
+mod serve;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,6 +32,9 @@ struct Cli {
 enum Command {
     /// Classify images: files, folders (recursive), glob patterns, or `-` for paths on stdin
     Classify(classify::ClassifyArgs),
+    /// Serve models over HTTP: Open Inference Protocol v2 (KServe/Triton REST) and
+    /// POST /v1/models/{name}/classify for images; GET /openapi.json lists every endpoint
+    Serve(serve::ServeArgs),
     /// Manage the ONNX Runtime library that the fast engine loads
     Runtime {
         #[command(subcommand)]
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
         Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
         Command::Cache {
@@ -149,7 +155,7 @@ fn cache(
     model: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     use singlepoint_cache::{CacheConfig, ResultCache};
-    let dir = classify::cache_dir(dir.as_deref());
+    let dir = cache_args::cache_dir(dir.as_deref());
     let digest = match &model {
         Some(path) => Some(classify::load_model(Some(path))?.digest),
         None => None,

@@ -1,0 +1,106 @@
+//! Flags shared by `classify` and `serve`: the result cache, sizes and durations.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use singlepoint_cache::CacheConfig;
+
+#[derive(Args, Clone, Debug)]
+pub struct CacheArgs {
+    /// Result cache folder (default: the per-user cache, ~/.cache/singlepoint/results)
+    #[arg(long, env = "SINGLEPOINT_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not consult or fill the result cache
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// Memory the in-process cache tier may use (0 turns it off)
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub cache_mem: u64,
+
+    /// Disk the on-disk cache tier may use (0 turns it off)
+    #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
+    pub cache_disk: u64,
+
+    /// Cached answers older than this are recomputed: `90s`, `30m`, `12h`, `7d` (default: no
+    /// expiry; answers do not go stale, since keys bind the model and the input bytes)
+    #[arg(long, value_parser = parse_duration, value_name = "AGE")]
+    pub cache_ttl: Option<Duration>,
+}
+
+impl CacheArgs {
+    /// The cache settings, or `None` with `--no-cache`.
+    pub fn config(&self) -> Option<CacheConfig> {
+        (!self.no_cache).then(|| CacheConfig {
+            memory_bytes: self.cache_mem,
+            disk: (self.cache_disk > 0)
+                .then(|| (cache_dir(self.cache_dir.as_deref()), self.cache_disk)),
+            ttl: self.cache_ttl,
+        })
+    }
+}
+
+/// `--cache-dir`, or the per-user default.
+pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
+    match flag {
+        Some(dir) => dir.to_path_buf(),
+        None => singlepoint_core::user_dir().join("results"),
+    }
+}
+
+/// A positive duration: `250ms`, `90s` (or `90`), `30m`, `12h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 250ms, 90s, 30m, 12h or 7d"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}`: unknown unit `{unit}`; use ms, s, m, h or d"
+            ))
+        }
+    };
+    if n == 0 {
+        return Err("must be positive".into());
+    }
+    Ok(Duration::from_millis(n.saturating_mul(millis)))
+}
+
+/// A duration that may be zero, in milliseconds or with a unit.
+pub fn parse_delay(text: &str) -> Result<Duration, String> {
+    if text.trim().trim_end_matches("ms").trim_end_matches('s') == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
+}
+
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    singlepoint_cache::parse_size(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_delay("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_delay("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse_delay("3ms"), Ok(Duration::from_millis(3)));
+    }
+}

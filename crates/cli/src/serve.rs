@@ -1,0 +1,245 @@
+//! `singlepoint serve`: flags → validated server config → models on engines → HTTP until
+//! SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use singlepoint_backend::EngineOptions;
+use singlepoint_cache::ResultCache;
+use singlepoint_model::{DecodeLimits, Model};
+use singlepoint_runtime::{load_engine, BackendChoice};
+use singlepoint_server::{BatchConfig, ServeConfig, Server};
+
+use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A model folder or model.json to serve; repeat for several (default: the bundled
+    /// EfficientNet-Lite0 unless --model-repository is given)
+    #[arg(long)]
+    model: Vec<PathBuf>,
+
+    /// A folder of model folders, each with its model.json: every one is served
+    #[arg(long, value_name = "DIR")]
+    model_repository: Option<PathBuf>,
+
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1", env = "SINGLEPOINT_HOST")]
+    host: String,
+
+    /// Port to listen on (0: any free port; the address is logged)
+    #[arg(long, default_value_t = 8000, env = "SINGLEPOINT_PORT")]
+    port: u16,
+
+    /// Engine: `ort`, `tract`, or `auto` (ONNX Runtime, fetched on first use, else tract)
+    #[arg(long, default_value = "auto", env = "SINGLEPOINT_BACKEND")]
+    backend: BackendChoice,
+
+    /// Engine instances per model running batches in parallel (default: one per core)
+    #[arg(long)]
+    instances: Option<usize>,
+
+    /// Intra-op threads of each instance
+    #[arg(long, default_value_t = 1)]
+    threads_per_instance: usize,
+
+    /// Most items in one engine run
+    #[arg(long, default_value_t = 8)]
+    max_batch_size: usize,
+
+    /// How long the oldest item of a forming batch may wait for more: `0`, `2ms`, ...
+    #[arg(long, default_value = "2ms", value_parser = parse_delay, value_name = "DELAY")]
+    max_queue_delay: Duration,
+
+    /// Batch sizes that go at once when nothing more is waiting, comma-separated (e.g. 4,8)
+    #[arg(long, value_delimiter = ',', value_name = "SIZES")]
+    preferred_batch_sizes: Vec<usize>,
+
+    /// Threads decoding and preprocessing images (default: one per core)
+    #[arg(long)]
+    decode_workers: Option<usize>,
+
+    /// Items admitted and not yet answered, per model; beyond it requests get 429
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+
+    /// A request not answered within this gets 504: `500ms`, `30s`, ...
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "TIME")]
+    request_timeout: Duration,
+
+    /// Largest request body; larger ones get 413
+    #[arg(long, default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
+    max_body: u64,
+
+    /// Refuse images with more pixels than this (decompression bombs)
+    #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+
+    /// After SIGTERM, how long requests in flight may take before the server exits anyway
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "TIME")]
+    shutdown_timeout: Duration,
+
+    #[command(flatten)]
+    cache: CacheArgs,
+
+    /// Never download ONNX Runtime; fall back to tract when it is not installed
+    #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
+    no_fetch: bool,
+}
+
+/// Every model folder under `dir` (those holding a model.json), in name order.
+fn repository(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read the model repository `{}`", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.join("model.json").is_file() {
+            found.push(path);
+        }
+    }
+    if found.is_empty() {
+        anyhow::bail!(
+            "the model repository `{}` has no model folders (folders with a model.json)",
+            dir.display()
+        );
+    }
+    found.sort();
+    Ok(found)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    init_tracing();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut paths = args.model.clone();
+    if let Some(dir) = &args.model_repository {
+        paths.extend(repository(dir)?);
+    }
+    let models: Vec<Arc<Model>> = if paths.is_empty() {
+        vec![Arc::new(Model::bundled())]
+    } else {
+        paths
+            .iter()
+            .map(|p| {
+                Model::load(p)
+                    .map(Arc::new)
+                    .with_context(|| format!("cannot load the model `{}`", p.display()))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    if args.threads_per_instance == 0 {
+        anyhow::bail!("`--threads-per-instance` must be at least 1");
+    }
+    let config = ServeConfig {
+        batch: BatchConfig {
+            instances: args.instances.unwrap_or(cores),
+            max_batch_size: args.max_batch_size,
+            max_queue_delay: args.max_queue_delay,
+            preferred_batch_sizes: args.preferred_batch_sizes.clone(),
+            decode_workers: args.decode_workers.unwrap_or(cores),
+            max_queue: args.max_queue,
+            limits: DecodeLimits {
+                max_pixels: args.max_pixels,
+            },
+        },
+        request_timeout: args.request_timeout,
+        max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    config.validate(&models)?;
+    let options = EngineOptions {
+        threads_per_session: args.threads_per_instance,
+        ..EngineOptions::default()
+    };
+    let mut loaded = Vec::new();
+    for model in &models {
+        let engine = load_engine(model, args.backend, options, !args.no_fetch)
+            .with_context(|| format!("cannot start the model `{}`", model.manifest.name))?;
+        for warning in &engine.warnings {
+            tracing::warn!("{warning}");
+        }
+        loaded.push((model.clone(), engine.engine));
+    }
+    let cache = args.cache.config().map(|c| Arc::new(ResultCache::open(&c)));
+    if let Some(cache) = &cache {
+        for warning in cache.take_warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+    let server = Server::start(loaded, cache.clone(), config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let addr = format!("{}:{}", args.host, args.port);
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on `{addr}`"))?;
+        let local: SocketAddr = listener.local_addr()?;
+        for (name, service) in &server.state().models {
+            let c = service.config();
+            tracing::info!(
+                model = %name,
+                engine = service.engine_kind().as_str(),
+                digest = %service.model().digest.short(),
+                instances = c.instances,
+                max_batch_size = c.max_batch_size,
+                "model ready"
+            );
+        }
+        tracing::info!(
+            "listening on http://{local} (ready {:.0} ms after start)",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        server.serve(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    if let Some(cache) = cache {
+        for warning in cache.take_warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_tracing() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -1,0 +1,784 @@
+//! The HTTP surface: routes, handlers, JSON errors, and the metrics exposition.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use singlepoint_model::classify_row;
+
+use crate::metrics::{self, load, render_model_histograms, render_model_values};
+use crate::oip;
+use crate::service::{Answer, Failure, FailureKind, ItemInput, ModelService, Source, Ticket};
+use crate::AppState;
+
+/// An error answered as `{"error": "..."}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> ApiError {
+        let status = match f.kind {
+            FailureKind::BadInput => StatusCode::BAD_REQUEST,
+            FailureKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, f.message)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        ApiError::new(r.status(), body_problem(r.status(), &r.body_text()))
+    }
+}
+
+fn body_problem(status: StatusCode, text: &str) -> String {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("the request body is larger than the server's limit (--max-body): {text}")
+    } else {
+        format!("cannot read the request body: {text}")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(model_ready),
+        )
+        .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{name}/classify", post(classify))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Every route, as `openapi.json` must describe it (checked by a test).
+pub const ROUTES: &[&str] = &[
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}",
+    "/v2/models/{name}/versions/{version}",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+    "/v1/models",
+    "/v1/models/{name}/classify",
+    "/metrics",
+    "/openapi.json",
+];
+
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no endpoint `{}`; GET /openapi.json lists them", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("`{method}` is not allowed on `{}`", uri.path()),
+    )
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        OPENAPI.as_bytes(),
+    )
+        .into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "singlepoint",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "classification"],
+    }))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({ "live": true }))
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        )
+        .into_response();
+    }
+    Json(json!({ "ready": true })).into_response()
+}
+
+/// The model named in the path, at the version named (if any).
+fn find_model(
+    state: &AppState,
+    params: &HashMap<String, String>,
+) -> Result<Arc<ModelService>, ApiError> {
+    let name = params.get("name").map(String::as_str).unwrap_or_default();
+    let service = state.models.get(name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "unknown model `{name}`; this server has {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    if let Some(version) = params.get("version") {
+        let have = &service.model().manifest.version;
+        if version != have {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("model `{name}` has no version `{version}`; it has version `{have}`"),
+            ));
+        }
+    }
+    Ok(service)
+}
+
+async fn model_metadata(
+    State(state): State<Arc<AppState>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult {
+    let service = find_model(&state, &params)?;
+    let input = service.input();
+    let output = service.output();
+    Ok(Json(json!({
+        "name": service.name(),
+        "versions": [service.model().manifest.version],
+        "platform": match service.engine_kind().as_str() {
+            "ort" => "onnxruntime_onnx",
+            _ => "tract_onnx",
+        },
+        "inputs": [{
+            "name": input.name,
+            "datatype": oip::datatype(input.dtype),
+            "shape": oip::shape(&input.shape),
+            "parameters": { "also_accepts": "BYTES [n] of encoded images (binary data)" },
+        }],
+        "outputs": [{
+            "name": output.name,
+            "datatype": oip::datatype(output.dtype),
+            "shape": oip::shape(&output.shape),
+        }],
+    }))
+    .into_response())
+}
+
+async fn model_ready(
+    State(state): State<Arc<AppState>>,
+    Path(params): Path<HashMap<String, String>>,
+) -> ApiResult {
+    let service = find_model(&state, &params)?;
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    Ok(Json(json!({ "name": service.name(), "ready": true })).into_response())
+}
+
+async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .models
+        .values()
+        .map(|s| {
+            json!({
+                "name": s.name(),
+                "version": s.model().manifest.version,
+                "digest": s.model().digest.to_hex(),
+                "engine": s.engine_kind().as_str(),
+                "instances": s.config().instances,
+                "max_batch_size": s.config().max_batch_size,
+            })
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+/// The label for the `model` metric: a served model's name, or `unknown` (so that clients
+/// cannot grow the metrics with made-up names).
+fn model_label(state: &AppState, params: &HashMap<String, String>) -> String {
+    match params.get("name") {
+        Some(name) if state.models.contains_key(name) => name.clone(),
+        _ => "unknown".into(),
+    }
+}
+
+fn outcome_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        429 => "overloaded",
+        503 => "unavailable",
+        504 => "timeout",
+        413 => "too_large",
+        400..=499 => "bad_request",
+        _ => "error",
+    }
+}
+
+fn record(
+    state: &AppState,
+    model: &str,
+    endpoint: &'static str,
+    t0: Instant,
+    result: ApiResult,
+) -> Response {
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    let status = response.status();
+    state
+        .requests
+        .record(model, endpoint, outcome_label(status), t0.elapsed());
+    if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+        tracing::warn!(model, endpoint, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(
+            model,
+            endpoint,
+            status = status.as_u16(),
+            elapsed_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "request"
+        );
+    }
+    response
+}
+
+fn deadline(state: &AppState) -> (Instant, tokio::time::Instant) {
+    let now = Instant::now();
+    (
+        now + state.config.request_timeout,
+        tokio::time::Instant::now() + state.config.request_timeout,
+    )
+}
+
+/// Submits every item, then waits for all (so they batch together).
+async fn run_items(
+    state: &AppState,
+    service: &ModelService,
+    items: Vec<ItemInput>,
+) -> Result<Vec<Answer>, ApiError> {
+    if items.len() > service.config().max_queue {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} items in one request is more than the queue admits ({}, --max-queue)",
+                items.len(),
+                service.config().max_queue
+            ),
+        ));
+    }
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down",
+        ));
+    }
+    let (until, until_tokio) = deadline(state);
+    let tickets: Vec<Ticket> = items
+        .into_iter()
+        .map(|item| service.submit(item, until))
+        .collect();
+    let mut out = Vec::with_capacity(tickets.len());
+    for t in tickets {
+        out.push(t.wait(until_tokio).await);
+    }
+    Ok(out)
+}
+
+/// The most serious failure among the outcomes, as the request's status.
+fn request_failure(outcomes: &[Answer]) -> Option<Failure> {
+    let rank = |k: FailureKind| match k {
+        FailureKind::Unavailable => 0,
+        FailureKind::Overloaded => 1,
+        FailureKind::Timeout => 2,
+        FailureKind::Internal => 3,
+        FailureKind::BadInput => 4,
+    };
+    outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().err())
+        .min_by_key(|f| rank(f.kind))
+        .cloned()
+}
+
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let t0 = Instant::now();
+    let model = model_label(&state, &params);
+    let result = infer_inner(&state, &params, &headers, body).await;
+    record(&state, &model, "infer", t0, result)
+}
+
+async fn infer_inner(
+    state: &AppState,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let service = find_model(state, params)?;
+    let body = body?;
+    let header_len = match headers.get("inference-header-content-length") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Inference-Header-Content-Length must be a non-negative integer",
+                    )
+                })?,
+        ),
+    };
+    let n_classes = service
+        .output()
+        .shape
+        .last()
+        .and_then(|d| d.fixed())
+        .unwrap_or(0);
+    let request = oip::parse_request(
+        &body,
+        header_len,
+        service.input(),
+        service.output(),
+        n_classes,
+    )
+    .map_err(ApiError::bad_request)?;
+    let outcomes = run_items(state, &service, request.items).await?;
+    if let Some(failure) = request_failure(&outcomes) {
+        return Err(failure.into());
+    }
+    let mut cache_hits = 0;
+    let rows: Vec<Arc<[f32]>> = outcomes
+        .into_iter()
+        .flatten()
+        .map(|(row, source)| {
+            cache_hits += usize::from(source == Source::Cache);
+            row
+        })
+        .collect();
+    let encoded = oip::encode_response(
+        service.model(),
+        request.id,
+        &rows,
+        &request.outputs,
+        cache_hits,
+    );
+    let mut response = encoded.body.into_response();
+    let h = response.headers_mut();
+    match encoded.header_len {
+        Some(n) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                "inference-header-content-length",
+                HeaderValue::from(n as u64),
+            );
+        }
+        None => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct ClassifyQuery {
+    top_k: Option<usize>,
+}
+
+async fn classify(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
+    request: Request,
+) -> Response {
+    let t0 = Instant::now();
+    let params = HashMap::from([("name".to_string(), name)]);
+    let model = model_label(&state, &params);
+    let result = classify_inner(&state, &params, query, request).await;
+    record(&state, &model, "classify", t0, result)
+}
+
+async fn classify_inner(
+    state: &Arc<AppState>,
+    params: &HashMap<String, String>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
+    request: Request,
+) -> ApiResult {
+    let service = find_model(state, params)?;
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let n_classes = service
+        .output()
+        .shape
+        .last()
+        .and_then(|d| d.fixed())
+        .unwrap_or(usize::MAX);
+    let top_k = query.top_k.unwrap_or(5);
+    if top_k == 0 || top_k > n_classes {
+        return Err(ApiError::bad_request(format!(
+            "top_k must be from 1 to {n_classes}"
+        )));
+    }
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let files: Vec<(String, Bytes)> =
+        if multipart {
+            let mut form = Multipart::from_request(request, state).await.map_err(|e| {
+                ApiError::new(e.status(), format!("bad multipart form: {}", e.body_text()))
+            })?;
+            let mut files = Vec::new();
+            loop {
+                let field = form.next_field().await.map_err(|e| {
+                    ApiError::new(e.status(), body_problem(e.status(), &e.body_text()))
+                })?;
+                let Some(field) = field else { break };
+                let name = field
+                    .file_name()
+                    .or(field.name())
+                    .map_or_else(|| format!("file {}", files.len()), str::to_string);
+                let bytes = field.bytes().await.map_err(|e| {
+                    ApiError::new(e.status(), body_problem(e.status(), &e.body_text()))
+                })?;
+                files.push((name, bytes));
+            }
+            if files.is_empty() {
+                return Err(ApiError::bad_request("the form has no files"));
+            }
+            files
+        } else {
+            let body = Bytes::from_request(request, state).await?;
+            if body.is_empty() {
+                return Err(ApiError::bad_request(
+                    "the body is empty; send an image's bytes, or a multipart form of files",
+                ));
+            }
+            vec![("body".to_string(), body)]
+        };
+    let (names, items): (Vec<String>, Vec<ItemInput>) = files
+        .into_iter()
+        .map(|(n, b)| (n, ItemInput::Image(b)))
+        .unzip();
+    let outcomes = run_items(state, &service, items).await?;
+    // Only a bad file is reported in its place; anything else fails the request.
+    if let Some(f) = request_failure(&outcomes).filter(|f| f.kind != FailureKind::BadInput) {
+        return Err(f.into());
+    }
+    if !multipart {
+        if let Some(Err(f)) = outcomes.first() {
+            return Err(f.clone().into());
+        }
+    }
+    let model = service.model();
+    let results: Vec<Value> = names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| match outcome {
+            Ok((row, source)) => {
+                let c = classify_row(
+                    &row,
+                    model.manifest.activation,
+                    top_k,
+                    model.labels.as_ref(),
+                    model.groups.as_ref(),
+                );
+                json!({
+                    "name": name,
+                    "label": c.display_label,
+                    "top_k": c.top,
+                    "cached": source == Source::Cache,
+                    "source": source.as_str(),
+                })
+            }
+            Err(f) => json!({ "name": name, "error": f.message }),
+        })
+        .collect();
+    Ok(Json(json!({
+        "model": model.manifest.name,
+        "model_version": model.manifest.version,
+        "results": results,
+    }))
+    .into_response())
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let mut out = String::with_capacity(16 * 1024);
+    state.requests.render(&mut out);
+    let models: Vec<(&str, &ModelService)> = state
+        .models
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_ref()))
+        .collect();
+    render_model_histograms(
+        &mut out,
+        "singlepoint_queue_seconds",
+        "Time an item waited in the batch queue before its engine run",
+        models
+            .iter()
+            .map(|(n, s)| (*n, s.metrics().queue_seconds.snapshot())),
+    );
+    render_model_histograms(
+        &mut out,
+        "singlepoint_decode_seconds",
+        "Time decoding and preprocessing one image",
+        models
+            .iter()
+            .map(|(n, s)| (*n, s.metrics().decode_seconds.snapshot())),
+    );
+    render_model_histograms(
+        &mut out,
+        "singlepoint_compute_seconds",
+        "Time of one engine run (one batch)",
+        models
+            .iter()
+            .map(|(n, s)| (*n, s.metrics().compute_seconds.snapshot())),
+    );
+    render_model_histograms(
+        &mut out,
+        "singlepoint_batch_size",
+        "Items per engine run",
+        models
+            .iter()
+            .map(|(n, s)| (*n, s.metrics().batch_size.snapshot())),
+    );
+    type Read = fn(&ModelService) -> f64;
+    let counters: [(&str, &str, Read); 8] = [
+        ("singlepoint_model_executions_total", "Engine runs", |s| {
+            load(&s.metrics().executions)
+        }),
+        (
+            "singlepoint_items_computed_total",
+            "Items run through the model",
+            |s| load(&s.metrics().items_computed),
+        ),
+        (
+            "singlepoint_model_cache_hits_total",
+            "Items answered by the result cache",
+            |s| load(&s.metrics().cache_hits),
+        ),
+        (
+            "singlepoint_model_cache_misses_total",
+            "Items the result cache did not have",
+            |s| load(&s.metrics().cache_misses),
+        ),
+        (
+            "singlepoint_coalesced_total",
+            "Items that shared an identical in-flight computation",
+            |s| load(&s.metrics().coalesced),
+        ),
+        (
+            "singlepoint_rejected_total",
+            "Items refused because the queue was full",
+            |s| load(&s.metrics().rejected),
+        ),
+        (
+            "singlepoint_expired_total",
+            "Items dropped from the queue after their deadline",
+            |s| load(&s.metrics().expired),
+        ),
+        ("singlepoint_instances", "Engine instances", |s| {
+            s.config().instances as f64
+        }),
+    ];
+    for (name, help, value) in counters {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        render_model_values(
+            &mut out,
+            name,
+            kind,
+            help,
+            models.iter().map(|(n, s)| (*n, value(s))),
+        );
+    }
+    render_model_values(
+        &mut out,
+        "singlepoint_instances_busy",
+        "gauge",
+        "Engine instances running a batch now",
+        models.iter().map(|(n, s)| (*n, s.busy_instances() as f64)),
+    );
+    render_model_values(
+        &mut out,
+        "singlepoint_queue_depth",
+        "gauge",
+        "Items admitted and not yet answered",
+        models.iter().map(|(n, s)| (*n, s.queue_depth() as f64)),
+    );
+    if let Some(cache) = &state.cache {
+        let c = cache.stats();
+        metrics::header(
+            &mut out,
+            "singlepoint_cache_hits_total",
+            "counter",
+            "Result cache hits by tier",
+        );
+        let _ = writeln!(
+            out,
+            "singlepoint_cache_hits_total{{tier=\"memory\"}} {}",
+            c.memory_hits
+        );
+        let _ = writeln!(
+            out,
+            "singlepoint_cache_hits_total{{tier=\"disk\"}} {}",
+            c.disk_hits
+        );
+        let plain: [(&str, &str, &str, u64); 6] = [
+            (
+                "singlepoint_cache_misses_total",
+                "counter",
+                "Lookups no tier answered",
+                c.misses,
+            ),
+            (
+                "singlepoint_cache_inserts_total",
+                "counter",
+                "Answers stored",
+                c.inserts,
+            ),
+            (
+                "singlepoint_cache_corrupt_total",
+                "counter",
+                "Disk records that failed their checks (removed)",
+                c.corrupt,
+            ),
+            (
+                "singlepoint_cache_evictions_total",
+                "counter",
+                "Entries evicted (memory and disk)",
+                c.memory_evictions + c.disk_evictions,
+            ),
+            (
+                "singlepoint_cache_memory_entries",
+                "gauge",
+                "Entries in the memory tier",
+                c.memory_entries,
+            ),
+            (
+                "singlepoint_cache_memory_bytes",
+                "gauge",
+                "Bytes charged to the memory tier",
+                c.memory_bytes,
+            ),
+        ];
+        for (name, kind, help, v) in plain {
+            metrics::header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+    let process: [(&str, &str, &str, f64); 3] = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the process",
+            singlepoint_runtime::cputime::process_cpu_time().as_secs_f64(),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident set size",
+            metrics::rss_bytes() as f64,
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors",
+            metrics::open_fds() as f64,
+        ),
+    ];
+    for (name, kind, help, v) in process {
+        metrics::header(&mut out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}

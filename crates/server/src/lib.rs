@@ -1,0 +1,224 @@
+//! `singlepoint serve`: models behind HTTP, speaking the Open Inference Protocol v2 (the KServe
+//! v2 REST protocol that Triton and `tritonclient` speak, with the binary tensor extension) and
+//! a plain classify endpoint for a photo and curl.
+//!
+//! - [`service`]: one model's serving path: key → cache → coalescing → admission → decode
+//!   pool → dynamic batcher → engine instances → cache → every waiter.
+//! - [`oip`]: the protocol's request parsing (JSON and binary framing) and responses.
+//! - [`http`]: routes, handlers, errors as `{"error": ...}`, the metrics exposition.
+//! - [`metrics`]: Prometheus counters and histograms.
+
+pub mod http;
+pub mod metrics;
+pub mod oip;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use singlepoint_backend::Engine;
+use singlepoint_cache::ResultCache;
+use singlepoint_model::Model;
+
+pub use service::{BatchConfig, ModelService};
+
+/// Server settings, validated once by [`ServeConfig::validate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeConfig {
+    pub batch: BatchConfig,
+    /// A request not answered by then gets 504; its queued items are dropped unrun.
+    pub request_timeout: Duration,
+    /// Larger bodies get 413 before they are read in full.
+    pub max_body_bytes: usize,
+    /// After SIGTERM, how long requests in flight may take before the server exits anyway.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("`--{field}` {reason}")]
+    Config { field: &'static str, reason: String },
+    #[error("two models are named `{0}`; model names must be unique")]
+    DuplicateModel(String),
+    #[error("cannot start the model `{model}`: {source}")]
+    Start {
+        model: String,
+        source: singlepoint_backend::BackendError,
+    },
+}
+
+impl ServeConfig {
+    pub fn validate(&self, models: &[Arc<Model>]) -> Result<(), ServeError> {
+        let b = &self.batch;
+        let bad = |field, reason: &str| {
+            Err(ServeError::Config {
+                field,
+                reason: reason.to_string(),
+            })
+        };
+        if b.instances == 0 {
+            return bad("instances", "must be at least 1");
+        }
+        if b.max_batch_size == 0 {
+            return bad("max-batch-size", "must be at least 1");
+        }
+        if let Some(&p) = b
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&p| p == 0 || p > b.max_batch_size)
+        {
+            return Err(ServeError::Config {
+                field: "preferred-batch-sizes",
+                reason: format!(
+                    "{p} is not between 1 and --max-batch-size {}",
+                    b.max_batch_size
+                ),
+            });
+        }
+        if b.decode_workers == 0 {
+            return bad("decode-workers", "must be at least 1");
+        }
+        if b.max_queue == 0 {
+            return bad("max-queue", "must be at least 1");
+        }
+        if b.limits.max_pixels == 0 {
+            return bad("max-pixels", "must be at least 1");
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request-timeout", "must be positive");
+        }
+        if self.max_body_bytes == 0 {
+            return bad("max-body", "must be at least 1 byte");
+        }
+        for m in models {
+            if let Some(fixed) = m.manifest.max_batch() {
+                if b.max_batch_size > fixed {
+                    return Err(ServeError::Config {
+                        field: "max-batch-size",
+                        reason: format!(
+                            "{} is larger than model `{}`'s fixed batch of {fixed}",
+                            b.max_batch_size, m.manifest.name
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub models: BTreeMap<String, Arc<ModelService>>,
+    pub cache: Option<Arc<ResultCache>>,
+    pub config: ServeConfig,
+    pub requests: metrics::RequestMetrics,
+    /// Set on SIGTERM: readiness fails and new work is refused with 503.
+    pub draining: AtomicBool,
+}
+
+/// Models loaded and their threads running, ready to accept connections.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+impl Server {
+    /// Starts every model's sessions and threads. Fails on duplicate names or an engine that
+    /// cannot make a session.
+    pub fn start(
+        models: Vec<(Arc<Model>, Arc<dyn Engine>)>,
+        cache: Option<Arc<ResultCache>>,
+        config: ServeConfig,
+    ) -> Result<Server, ServeError> {
+        let list: Vec<Arc<Model>> = models.iter().map(|(m, _)| m.clone()).collect();
+        config.validate(&list)?;
+        let mut services = BTreeMap::new();
+        for (model, engine) in models {
+            let name = model.manifest.name.clone();
+            if services.contains_key(&name) {
+                return Err(ServeError::DuplicateModel(name));
+            }
+            let service = ModelService::start(model, engine, cache.clone(), config.batch.clone())
+                .map_err(|source| ServeError::Start {
+                model: name.clone(),
+                source,
+            })?;
+            services.insert(name, Arc::new(service));
+        }
+        Ok(Server {
+            state: Arc::new(AppState {
+                models: services,
+                cache,
+                config,
+                requests: metrics::RequestMetrics::default(),
+                draining: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight (for at most
+    /// the shutdown timeout), stops the model threads and returns.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let state = self.state.clone();
+        let app = http::router(state.clone());
+        let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
+        let signal_state = state.clone();
+        let signal = async move {
+            shutdown.await;
+            signal_state.draining.store(true, Ordering::SeqCst);
+            tracing::info!("shutting down: finishing the requests in flight");
+            let _ = fired_tx.send(true);
+        };
+        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let grace = state.config.shutdown_timeout;
+        let deadline = async move {
+            let _ = fired_rx.wait_for(|&fired| fired).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            result = server => result?,
+            () = deadline => tracing::warn!(
+                "requests still in flight after {grace:?}; exiting anyway"
+            ),
+        }
+        let stopping = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for service in stopping.models.values() {
+                service.shutdown();
+            }
+        })
+        .await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(http::OPENAPI).expect("valid JSON");
+        let paths = doc["paths"].as_object().expect("paths");
+        for route in http::ROUTES {
+            assert!(paths.contains_key(*route), "openapi.json lacks {route}");
+        }
+        assert_eq!(
+            paths.len(),
+            http::ROUTES.len(),
+            "openapi.json has paths no route serves"
+        );
+    }
+}

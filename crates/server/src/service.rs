@@ -1,0 +1,692 @@
+//! One model's serving path:
+//!
+//! ```text
+//!  request item ─▶ key ─▶ cache? ──hit──────────────────────────────────────────────▶ answer
+//!                          │miss
+//!                          ▼
+//!                  in flight already? ──yes: wait for that computation────────────────▶ answer
+//!                          │no: lead it
+//!                          ▼
+//!                  admit (bounded; full → 429) ─▶ decode pool (images) ─▶ batch queue
+//!                                                                             │
+//!            instance threads × N: take a batch (max size, max delay, preferred sizes)
+//!            ─▶ one engine run ─▶ cache insert ─▶ every waiter of each key ──▶ answer
+//! ```
+//!
+//! The unit of work is one item (one image or one tensor row); its answer is the model's output
+//! row. Rows are what the cache stores, so any top-k or output format is derived from a hit
+//! without running the model. The computation of an admitted item does not depend on the
+//! request that led it: a client that hangs up does not cancel it, and its answer is cached.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use singlepoint_backend::{BackendKind, Engine, Session};
+use singlepoint_cache::{CacheKey, ResultCache};
+use singlepoint_core::{Tensor, TensorSpec};
+use singlepoint_model::{decode_rgb, DecodeLimits, Model, Preprocessor};
+use tokio::sync::oneshot;
+
+use crate::metrics::ModelMetrics;
+
+/// How one model is batched and run. Validated by [`crate::ServeConfig::validate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchConfig {
+    /// Engine instances (sessions) running batches in parallel, one thread each.
+    pub instances: usize,
+    /// Most items in one engine run.
+    pub max_batch_size: usize,
+    /// How long the oldest item of a forming batch may wait for more.
+    pub max_queue_delay: Duration,
+    /// Sizes at which a batch goes at once when nothing more is waiting.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Threads decoding and preprocessing images.
+    pub decode_workers: usize,
+    /// Items admitted and not yet answered; beyond this, requests are refused with 429.
+    pub max_queue: usize,
+    pub limits: DecodeLimits,
+}
+
+/// Why an item has no answer. Cloned to every request waiting for the same computation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The input itself is wrong (not an image, too many pixels, ...): 400.
+    BadInput,
+    /// The queue is full: 429 with Retry-After.
+    Overloaded,
+    /// The server is shutting down: 503.
+    Unavailable,
+    /// The deadline passed before the answer: 504.
+    Timeout,
+    /// The engine failed: 500.
+    Internal,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Outcome = Result<Arc<[f32]>, Failure>;
+/// An answered item: its output row and where it came from.
+pub type Answer = Result<(Arc<[f32]>, Source), Failure>;
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Computed,
+    Cache,
+    /// An identical item was being computed; this one shared its answer.
+    Coalesced,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Computed => "computed",
+            Source::Cache => "cache",
+            Source::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// What a request asks to be computed for one item.
+pub enum ItemInput {
+    /// Encoded image bytes: decoded and preprocessed with the model's manifest.
+    Image(Bytes),
+    /// A preprocessed row of the model's input, row-major, already checked for length.
+    Tensor(Vec<f32>),
+}
+
+/// An item on its way: its answer, or a receiver for it.
+pub enum Ticket {
+    Ready(Answer),
+    Waiting(oneshot::Receiver<Outcome>, Source),
+}
+
+impl Ticket {
+    /// Waits for the answer until `deadline`.
+    pub async fn wait(
+        self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Arc<[f32]>, Source), Failure> {
+        match self {
+            Ticket::Ready(r) => r,
+            Ticket::Waiting(rx, source) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(outcome)) => outcome.map(|row| (row, source)),
+                Ok(Err(_)) => Err(Failure::new(
+                    FailureKind::Internal,
+                    "the computation was abandoned",
+                )),
+                Err(_) => Err(Failure::new(
+                    FailureKind::Timeout,
+                    "the request deadline passed before the answer was ready",
+                )),
+            },
+        }
+    }
+}
+
+/// The cached answers' encoding, bound into every key with the kind of input.
+const ROW_IMAGE: &[u8] = b"output-row-f32le-v1;input=encoded-image";
+const ROW_TENSOR: &[u8] = b"output-row-f32le-v1;input=tensor-f32le";
+
+struct Job {
+    key: CacheKey,
+    admitted: Instant,
+    deadline: Instant,
+    input: ItemInput,
+}
+
+struct Prepared {
+    key: CacheKey,
+    /// When it entered the batch queue.
+    queued: Instant,
+    deadline: Instant,
+    data: Vec<f32>,
+}
+
+type Waiters = Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>;
+
+/// State shared by the request side and the worker threads.
+struct Shared {
+    model: Arc<Model>,
+    cache: Option<Arc<ResultCache>>,
+    in_flight: Waiters,
+    admitted: AtomicUsize,
+    busy: AtomicI64,
+    metrics: ModelMetrics,
+    config: BatchConfig,
+}
+
+/// A model being served.
+pub struct ModelService {
+    shared: Arc<Shared>,
+    engine_kind: BackendKind,
+    input: TensorSpec,
+    output: TensorSpec,
+    decode_tx: Mutex<Option<Sender<Job>>>,
+    batch_tx: Mutex<Option<Sender<Prepared>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ModelService {
+    /// Creates the engine sessions and starts the decode and instance threads.
+    pub fn start(
+        model: Arc<Model>,
+        engine: Arc<dyn Engine>,
+        cache: Option<Arc<ResultCache>>,
+        config: BatchConfig,
+    ) -> Result<ModelService, singlepoint_backend::BackendError> {
+        let sessions = (0..config.instances)
+            .map(|_| engine.session())
+            .collect::<Result<Vec<_>, _>>()?;
+        let shared = Arc::new(Shared {
+            model: model.clone(),
+            cache,
+            in_flight: Mutex::new(HashMap::new()),
+            admitted: AtomicUsize::new(0),
+            busy: AtomicI64::new(0),
+            metrics: ModelMetrics::default(),
+            config: config.clone(),
+        });
+        // Admission bounds what is queued; the channels themselves need no bound.
+        let (decode_tx, decode_rx) = unbounded::<Job>();
+        let (batch_tx, batch_rx) = unbounded::<Prepared>();
+        let mut threads = Vec::new();
+        let name = &model.manifest.name;
+        for (i, session) in sessions.into_iter().enumerate() {
+            let shared = shared.clone();
+            let rx = batch_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-instance-{i}"))
+                    .spawn(move || run_instance(&shared, session, &rx))
+                    .expect("spawning a thread"),
+            );
+        }
+        for i in 0..config.decode_workers {
+            let shared = shared.clone();
+            let rx = decode_rx.clone();
+            let tx = batch_tx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("{name}-decode-{i}"))
+                    .spawn(move || run_decoder(&shared, &rx, &tx))
+                    .expect("spawning a thread"),
+            );
+        }
+        Ok(ModelService {
+            shared,
+            engine_kind: engine.kind(),
+            input: engine.input().clone(),
+            output: engine.output().clone(),
+            decode_tx: Mutex::new(Some(decode_tx)),
+            batch_tx: Mutex::new(Some(batch_tx)),
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.shared.model
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.model.manifest.name
+    }
+
+    pub fn engine_kind(&self) -> BackendKind {
+        self.engine_kind
+    }
+
+    pub fn input(&self) -> &TensorSpec {
+        &self.input
+    }
+
+    pub fn output(&self) -> &TensorSpec {
+        &self.output
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.shared.config
+    }
+
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.shared.metrics
+    }
+
+    /// Items admitted and not yet answered.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Instances running a batch now.
+    pub fn busy_instances(&self) -> i64 {
+        self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Starts one item: answers it from the cache, joins an identical computation in flight,
+    /// or admits it to the queue. Never blocks on the model.
+    pub fn submit(&self, input: ItemInput, deadline: Instant) -> Ticket {
+        let shared = &self.shared;
+        let key = match &input {
+            ItemInput::Image(bytes) => CacheKey::new(&shared.model.digest, ROW_IMAGE, bytes),
+            ItemInput::Tensor(data) => {
+                let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                CacheKey::new(&shared.model.digest, ROW_TENSOR, &bytes)
+            }
+        };
+        if let Some(cache) = &shared.cache {
+            if let Some(row) = cache.get(&key).and_then(|v| row_from_bytes(&v)) {
+                shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ticket::Ready(Ok((row, Source::Cache)));
+            }
+            shared.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiters = shared.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(list) = waiters.get_mut(&key) {
+                list.push(tx);
+                shared.metrics.coalesced.fetch_add(1, Ordering::Relaxed);
+                if let Some(cache) = &shared.cache {
+                    cache.record_coalesced();
+                }
+                return Ticket::Waiting(rx, Source::Coalesced);
+            }
+            waiters.insert(key, vec![tx]);
+        }
+        // This item leads the computation of its key.
+        let max = shared.config.max_queue;
+        let admitted = shared
+            .admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !admitted {
+            shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            finish(
+                shared,
+                &key,
+                Err(Failure::new(
+                    FailureKind::Overloaded,
+                    format!("the queue is full ({max} items waiting); retry later"),
+                )),
+                false,
+            );
+            return Ticket::Waiting(rx, Source::Computed);
+        }
+        let job = Job {
+            key,
+            admitted: Instant::now(),
+            deadline,
+            input,
+        };
+        let sent = match job.input {
+            ItemInput::Image(_) => lock_clone(&self.decode_tx).map(|tx| tx.send(job).is_ok()),
+            ItemInput::Tensor(data) => lock_clone(&self.batch_tx).map(|tx| {
+                tx.send(Prepared {
+                    key: job.key,
+                    queued: job.admitted,
+                    deadline: job.deadline,
+                    data,
+                })
+                .is_ok()
+            }),
+        };
+        if sent != Some(true) {
+            finish(
+                shared,
+                &key,
+                Err(Failure::new(
+                    FailureKind::Unavailable,
+                    "the server is shutting down",
+                )),
+                true,
+            );
+        }
+        Ticket::Waiting(rx, Source::Computed)
+    }
+
+    /// Stops taking work, lets the threads finish what was admitted, and joins them.
+    pub fn shutdown(&self) {
+        self.decode_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.batch_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock_clone<T>(slot: &Mutex<Option<Sender<T>>>) -> Option<Sender<T>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn row_from_bytes(bytes: &[u8]) -> Option<Arc<[f32]>> {
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+fn row_to_bytes(row: &[f32]) -> Arc<[u8]> {
+    row.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Publishes the outcome of `key` to everyone waiting for it; `release` gives back the
+/// admission slot the leader took.
+fn finish(shared: &Shared, key: &CacheKey, outcome: Outcome, release: bool) {
+    let waiters = shared
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key)
+        .unwrap_or_default();
+    for tx in waiters {
+        // A waiter that gave up (deadline, client gone) has dropped its receiver.
+        let _ = tx.send(outcome.clone());
+    }
+    if release {
+        shared.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn run_decoder(shared: &Shared, jobs: &Receiver<Job>, batches: &Sender<Prepared>) {
+    let manifest = &shared.model.manifest;
+    let mut preprocessor = Preprocessor::new(&manifest.preprocess);
+    let min_side = manifest.preprocess.min_source_short_side();
+    for job in jobs.iter() {
+        if Instant::now() >= job.deadline {
+            shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
+            finish(shared, &job.key, Err(expired()), true);
+            continue;
+        }
+        let ItemInput::Image(bytes) = &job.input else {
+            continue;
+        };
+        let t0 = Instant::now();
+        let mut data = vec![0.0f32; preprocessor.item_len()];
+        let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let (image, _) = decode_rgb(bytes, &shared.config.limits, Some(min_side))
+                .map_err(|e| e.to_string())?;
+            preprocessor
+                .run(&image, &mut data)
+                .map_err(|e| format!("cannot preprocess: {e}"))
+        }));
+        shared.metrics.decode_seconds.observe_duration(t0.elapsed());
+        let problem = match prepared {
+            Ok(Ok(())) => None,
+            Ok(Err(message)) => Some(message),
+            Err(_) => {
+                // The preprocessor's buffers may be half-written; start afresh.
+                preprocessor = Preprocessor::new(&manifest.preprocess);
+                Some("the image decoder crashed on this input".to_string())
+            }
+        };
+        if let Some(message) = problem {
+            finish(
+                shared,
+                &job.key,
+                Err(Failure::new(FailureKind::BadInput, message)),
+                true,
+            );
+            continue;
+        }
+        let prepared = Prepared {
+            key: job.key,
+            queued: Instant::now(),
+            deadline: job.deadline,
+            data,
+        };
+        if let Err(e) = batches.send(prepared) {
+            let p = e.into_inner();
+            finish(
+                shared,
+                &p.key,
+                Err(Failure::new(
+                    FailureKind::Unavailable,
+                    "the server is shutting down",
+                )),
+                true,
+            );
+        }
+    }
+}
+
+fn expired() -> Failure {
+    Failure::new(
+        FailureKind::Timeout,
+        "the request deadline passed while the item was queued",
+    )
+}
+
+/// Takes the next batch: blocks for the first item, then gathers more until the batch is full,
+/// the oldest item has waited `max_queue_delay`, or the batch has a preferred size and nothing
+/// more is waiting. `None` when the queue is closed and empty.
+fn next_batch(rx: &Receiver<Prepared>, config: &BatchConfig) -> Option<Vec<Prepared>> {
+    let first = rx.recv().ok()?;
+    // Measured from the oldest item's arrival: one that waited behind busy instances goes now.
+    let until = first.queued + config.max_queue_delay;
+    let mut batch = Vec::with_capacity(config.max_batch_size);
+    batch.push(first);
+    while batch.len() < config.max_batch_size {
+        match rx.try_recv() {
+            Ok(item) => {
+                batch.push(item);
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {}
+        }
+        if config.preferred_batch_sizes.contains(&batch.len()) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        match rx.recv_timeout(until - now) {
+            Ok(item) => batch.push(item),
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(batch)
+}
+
+fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Prepared>) {
+    let manifest = &shared.model.manifest;
+    let item_shape = manifest.preprocess.item_shape();
+    let item_len: usize = item_shape.iter().product();
+    let mut buffer: Vec<f32> = Vec::new();
+    while let Some(batch) = next_batch(rx, &shared.config) {
+        let now = Instant::now();
+        let (batch, late): (Vec<Prepared>, Vec<Prepared>) =
+            batch.into_iter().partition(|p| p.deadline > now);
+        for p in late {
+            shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
+            finish(shared, &p.key, Err(expired()), true);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        for p in &batch {
+            shared
+                .metrics
+                .queue_seconds
+                .observe_duration(now.saturating_duration_since(p.queued));
+        }
+        buffer.clear();
+        for p in &batch {
+            buffer.extend_from_slice(&p.data);
+        }
+        let mut shape = vec![batch.len()];
+        shape.extend_from_slice(&item_shape);
+        debug_assert_eq!(buffer.len(), batch.len() * item_len);
+        let outcomes: Vec<Outcome> = match Tensor::new(shape, std::mem::take(&mut buffer)) {
+            Err(e) => vec![Err(Failure::new(FailureKind::Internal, e.to_string())); batch.len()],
+            Ok(input) => {
+                let t0 = Instant::now();
+                let output = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(&input)));
+                shared
+                    .metrics
+                    .compute_seconds
+                    .observe_duration(t0.elapsed());
+                shared.metrics.batch_size.observe(batch.len() as f64);
+                shared.metrics.executions.fetch_add(1, Ordering::Relaxed);
+                buffer = input.into_parts().1;
+                match output {
+                    Ok(Ok(out)) if out.shape().first() == Some(&batch.len()) => {
+                        shared
+                            .metrics
+                            .items_computed
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        (0..batch.len())
+                            .map(|i| Ok(Arc::<[f32]>::from(out.item(i))))
+                            .collect()
+                    }
+                    Ok(Ok(out)) => {
+                        let f = Failure::new(
+                            FailureKind::Internal,
+                            format!(
+                                "the model returned shape {:?} for a batch of {}",
+                                out.shape(),
+                                batch.len()
+                            ),
+                        );
+                        vec![Err(f); batch.len()]
+                    }
+                    Ok(Err(e)) => {
+                        vec![Err(Failure::new(FailureKind::Internal, e.to_string())); batch.len()]
+                    }
+                    Err(_) => vec![
+                        Err(Failure::new(FailureKind::Internal, "the engine crashed"));
+                        batch.len()
+                    ],
+                }
+            }
+        };
+        // Store before publishing, so that a request arriving after the in-flight entry is
+        // gone finds the answer in the cache.
+        if let Some(cache) = &shared.cache {
+            let inserts: Vec<(CacheKey, Arc<[u8]>)> = batch
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|(p, o)| o.as_ref().ok().map(|row| (p.key, row_to_bytes(row))))
+                .collect();
+            cache.insert_many(&shared.model.digest, &inserts);
+        }
+        for (p, outcome) in batch.iter().zip(outcomes) {
+            finish(shared, &p.key, outcome, true);
+        }
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(queued: Instant) -> Prepared {
+        Prepared {
+            key: CacheKey([0; 32]),
+            queued,
+            deadline: queued + Duration::from_secs(10),
+            data: Vec::new(),
+        }
+    }
+
+    fn config(max: usize, delay_ms: u64, preferred: Vec<usize>) -> BatchConfig {
+        BatchConfig {
+            instances: 1,
+            max_batch_size: max,
+            max_queue_delay: Duration::from_millis(delay_ms),
+            preferred_batch_sizes: preferred,
+            decode_workers: 1,
+            max_queue: 10,
+            limits: DecodeLimits::default(),
+        }
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_waiting_up_to_the_maximum() {
+        let (tx, rx) = unbounded();
+        for _ in 0..5 {
+            tx.send(item(Instant::now())).unwrap();
+        }
+        let c = config(4, 0, vec![]);
+        assert_eq!(next_batch(&rx, &c).unwrap().len(), 4);
+        assert_eq!(next_batch(&rx, &c).unwrap().len(), 1);
+        drop(tx);
+        assert!(next_batch(&rx, &c).is_none());
+    }
+
+    #[test]
+    fn a_batch_waits_up_to_the_delay_for_more() {
+        let (tx, rx) = unbounded();
+        tx.send(item(Instant::now())).unwrap();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(item(Instant::now())).unwrap();
+            tx
+        });
+        let t0 = Instant::now();
+        let batch = next_batch(&rx, &config(2, 5000, vec![])).unwrap();
+        assert_eq!(batch.len(), 2, "the second item arrived within the delay");
+        // A full batch goes without waiting out the delay.
+        assert!(t0.elapsed() < Duration::from_millis(4000));
+        drop(sender.join());
+    }
+
+    #[test]
+    fn a_preferred_size_goes_at_once_when_nothing_more_waits() {
+        let (tx, rx) = unbounded();
+        tx.send(item(Instant::now())).unwrap();
+        tx.send(item(Instant::now())).unwrap();
+        let t0 = Instant::now();
+        let batch = next_batch(&rx, &config(8, 2000, vec![2])).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert!(
+            t0.elapsed() < Duration::from_millis(1000),
+            "did not wait out the delay"
+        );
+        drop(tx);
+    }
+
+    #[test]
+    fn rows_round_trip_through_cache_bytes() {
+        let row = [1.5f32, -0.0, f32::MAX, 3.25];
+        assert_eq!(&*row_from_bytes(&row_to_bytes(&row)).unwrap(), &row);
+        assert!(row_from_bytes(&[1, 2, 3]).is_none());
+    }
+}
