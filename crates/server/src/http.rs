@@ -562,10 +562,16 @@ async fn classify_inner(
                     model.labels.as_ref(),
                     model.groups.as_ref(),
                 );
+                // The same shape as `classify --format json`.
+                let top: Vec<Value> = c
+                    .top
+                    .iter()
+                    .map(|t| json!({ "class": t.class_idx, "label": t.label, "probability": t.probability }))
+                    .collect();
                 json!({
                     "name": name,
                     "label": c.display_label,
-                    "top_k": c.top,
+                    "top_k": top,
                     "cached": source == Source::Cache,
                     "source": source.as_str(),
                 })

@@ -1,0 +1,886 @@
+//! `singlepoint serve` as a client sees it: the real binary on a real loopback socket.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use singlepoint_model::{decode_rgb, DecodeLimits, Model, Preprocessor};
+
+use super::{repo, text};
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    log: Arc<Mutex<Vec<String>>>,
+    _cache: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `serve` on a free port with a fresh cache folder and waits until it listens.
+    fn start(extra: &[&str]) -> Server {
+        let cache = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_singlepoint"))
+            .args(["serve", "--port", "0"])
+            .args(extra)
+            .current_dir(repo())
+            .env_remove("SINGLEPOINT_MODEL")
+            .env_remove("SINGLEPOINT_BACKEND")
+            .env_remove("SINGLEPOINT_PORT")
+            .env("SINGLEPOINT_CACHE_DIR", cache.path())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("listening on http://") {
+                    let url: String = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .to_string();
+                    let _ = tx.send(url);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            url,
+            log,
+            _cache: cache,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Sends a request; returns status, headers of interest and the body.
+    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut req = ureq::request(method, &self.url(path)).timeout(Duration::from_secs(120));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let response = match if method == "GET" {
+            req.call()
+        } else {
+            req.send_bytes(body)
+        } {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let retry_after = response.header("retry-after").map(str::to_string);
+        let header_len = response
+            .header("inference-header-content-length")
+            .map(|v| v.parse::<usize>().unwrap());
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut response.into_reader(), &mut body).unwrap();
+        Reply {
+            status,
+            retry_after,
+            header_len,
+            body,
+        }
+    }
+
+    fn get_json(&self, path: &str) -> (u16, Value) {
+        let r = self.send("GET", path, &[], &[]);
+        (r.status, r.json())
+    }
+
+    fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
+    /// One metric's value (the sum over label sets matching `labels`).
+    fn metric(&self, name: &str, labels: &str) -> f64 {
+        let r = self.send("GET", "/metrics", &[], &[]);
+        assert_eq!(r.status, 200);
+        text(&r.body)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                let (key, _) = l.rsplit_once(' ').unwrap();
+                key == name || (key.starts_with(&format!("{name}{{")) && key.contains(labels))
+            })
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    header_len: Option<usize>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&self.body)))
+    }
+
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {}", text(&self.body)))
+            .to_string()
+    }
+}
+
+const MODEL: &str = "efficientnet-lite0";
+const PHOTOS: &[&str] = &[
+    "astronaut.png",
+    "chelsea.png",
+    "china.jpg",
+    "coffee.png",
+    "flower.jpg",
+    "grace_hopper.jpg",
+    "rocket.jpg",
+];
+
+fn photo(name: &str) -> Vec<u8> {
+    std::fs::read(repo().join("photos").join(name)).unwrap()
+}
+
+/// The model's input for a photo, preprocessed as the server and `classify` do.
+fn tensor_of(model: &Model, bytes: &[u8]) -> Vec<f32> {
+    let pre = &model.manifest.preprocess;
+    let (image, _) = decode_rgb(
+        bytes,
+        &DecodeLimits::default(),
+        Some(pre.min_source_short_side()),
+    )
+    .unwrap();
+    let mut p = Preprocessor::new(pre);
+    let mut out = vec![0.0; p.item_len()];
+    p.run(&image, &mut out).unwrap();
+    out
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|&x| (x - max).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|x| x / s).collect()
+}
+
+/// `classify --format json` over the bundled photos: per photo, the top-5 (class, probability).
+fn classify_answers() -> Vec<Vec<(u64, f64)>> {
+    let out = super::singlepoint(
+        &["classify", "photos/", "--format", "json", "--no-cache"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), PHOTOS.len());
+    results
+        .iter()
+        .map(|r| {
+            r["top_k"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["class"].as_u64().unwrap(),
+                        t["probability"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_same_top5(rows: &[Vec<f32>], expected: &[Vec<(u64, f64)>], how: &str) {
+    assert_eq!(rows.len(), expected.len(), "{how}");
+    for (i, (row, want)) in rows.iter().zip(expected).enumerate() {
+        let p = softmax(row);
+        for &(class, prob) in want {
+            let got = f64::from(p[class as usize]);
+            assert!(
+                (got - prob).abs() < 1e-4,
+                "{how}: {} class {class}: {got} vs classify's {prob}",
+                PHOTOS[i]
+            );
+        }
+        let best = (0..p.len()).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        assert_eq!(best as u64, want[0].0, "{how}: {} top-1", PHOTOS[i]);
+    }
+}
+
+/// Splits a binary infer response into its JSON header and its outputs' bytes.
+fn binary_outputs(reply: &Reply) -> (Value, Vec<u8>) {
+    let n = reply.header_len.expect("Inference-Header-Content-Length");
+    let header: Value = serde_json::from_slice(&reply.body[..n]).unwrap();
+    (header, reply.body[n..].to_vec())
+}
+
+fn rows_from_f32_bytes(bytes: &[u8], width: usize) -> Vec<Vec<f32>> {
+    let values: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    values.chunks(width).map(<[f32]>::to_vec).collect()
+}
+
+#[test]
+fn infer_with_json_and_binary_tensors_matches_classify() {
+    let expected = classify_answers();
+    let server = Server::start(&["--no-cache"]);
+    let model = Model::bundled();
+    let tensors: Vec<Vec<f32>> = PHOTOS
+        .iter()
+        .map(|p| tensor_of(&model, &photo(p)))
+        .collect();
+    let n = PHOTOS.len();
+    let flat: Vec<f32> = tensors.concat();
+
+    // JSON tensors in, JSON out.
+    let body = json!({
+        "id": "json-1",
+        "inputs": [{ "name": "input", "shape": [n, 3, 224, 224], "datatype": "FP32", "data": flat }],
+    });
+    let reply = server.post_json(&format!("/v2/models/{MODEL}/infer"), &body);
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    let doc = reply.json();
+    assert_eq!(doc["id"], "json-1");
+    assert_eq!(doc["model_name"], MODEL);
+    let out = &doc["outputs"][0];
+    assert_eq!(out["name"], "logits");
+    assert_eq!(out["datatype"], "FP32");
+    assert_eq!(out["shape"], json!([n, 1000]));
+    let values: Vec<f32> = out["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let json_rows: Vec<Vec<f32>> = values.chunks(1000).map(<[f32]>::to_vec).collect();
+    assert_same_top5(&json_rows, &expected, "JSON tensors");
+
+    // Binary tensors in and out (the extension tritonclient uses), on the versioned path.
+    let header = json!({
+        "inputs": [{ "name": "input", "shape": [n, 3, 224, 224], "datatype": "FP32",
+                     "parameters": { "binary_data_size": flat.len() * 4 } }],
+        "outputs": [{ "name": "logits", "parameters": { "binary_data": true } }],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&f32_bytes(&flat));
+    let len = header.len().to_string();
+    let reply = server.send(
+        "POST",
+        &format!("/v2/models/{MODEL}/versions/1/infer"),
+        &[
+            ("Inference-Header-Content-Length", &len),
+            ("Content-Type", "application/octet-stream"),
+        ],
+        &body,
+    );
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    let (head, bin) = binary_outputs(&reply);
+    assert_eq!(
+        head["outputs"][0]["parameters"]["binary_data_size"],
+        json!(n * 4000)
+    );
+    let bin_rows = rows_from_f32_bytes(&bin, 1000);
+    assert_same_top5(&bin_rows, &expected, "binary tensors");
+    for (a, b) in bin_rows.iter().zip(&json_rows) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{x} vs {y}");
+        }
+    }
+
+    // Encoded images as BYTES, with the classification extension.
+    let mut images = Vec::new();
+    for p in PHOTOS {
+        let bytes = photo(p);
+        images.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        images.extend_from_slice(&bytes);
+    }
+    let header = json!({
+        "inputs": [{ "name": "input", "shape": [n], "datatype": "BYTES",
+                     "parameters": { "binary_data_size": images.len() } }],
+        "outputs": [{ "name": "logits", "parameters": { "classification": 1 } }],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&images);
+    let len = header.len().to_string();
+    let reply = server.send(
+        "POST",
+        &format!("/v2/models/{MODEL}/infer"),
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    let doc = reply.json();
+    let out = &doc["outputs"][0];
+    assert_eq!(out["datatype"], "BYTES");
+    assert_eq!(out["shape"], json!([n, 1]));
+    for (i, s) in out["data"].as_array().unwrap().iter().enumerate() {
+        let class: u64 = s
+            .as_str()
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(class, expected[i][0].0, "{}: {s}", PHOTOS[i]);
+    }
+}
+
+#[test]
+fn the_classify_endpoint_takes_raw_bytes_and_multipart_forms() {
+    let expected = classify_answers();
+    let server = Server::start(&["--cache-disk", "0"]);
+    let path = format!("/v1/models/{MODEL}/classify?top_k=3");
+    let reply = server.send(
+        "POST",
+        &path,
+        &[("Content-Type", "image/png")],
+        &photo("chelsea.png"),
+    );
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    let doc = reply.json();
+    let r = &doc["results"][0];
+    assert_eq!(r["label"], "cat");
+    assert_eq!(r["cached"], false);
+    assert_eq!(r["top_k"].as_array().unwrap().len(), 3);
+    assert_eq!(r["top_k"][0]["class"].as_u64(), Some(expected[1][0].0));
+    let p = r["top_k"][0]["probability"].as_f64().unwrap();
+    assert!((p - expected[1][0].1).abs() < 1e-4, "{p}");
+
+    // A form of three files, one of them not an image: the others are answered in order, the
+    // bad one is named, and the one sent before comes from the cache.
+    let boundary = "singlepoint-test-boundary";
+    let mut form = Vec::new();
+    for (name, bytes) in [
+        ("coffee.png", photo("coffee.png")),
+        ("notes.txt", b"not an image at all".to_vec()),
+        ("chelsea.png", photo("chelsea.png")),
+    ] {
+        form.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        form.extend_from_slice(&bytes);
+        form.extend_from_slice(b"\r\n");
+    }
+    form.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let reply = server.send("POST", &path, &[("Content-Type", &content_type)], &form);
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    let doc = reply.json();
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["name"], "coffee.png");
+    assert_eq!(results[0]["label"], "espresso");
+    assert_eq!(results[0]["cached"], false);
+    assert_eq!(results[1]["name"], "notes.txt");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an image"),
+        "{}",
+        results[1]
+    );
+    assert_eq!(results[2]["label"], "cat");
+    assert_eq!(results[2]["cached"], true, "{}", results[2]);
+    assert!(server.metric("singlepoint_cache_hits_total", "memory") >= 1.0);
+}
+
+/// Distinct random inputs of the model's shape, as binary infer bodies.
+fn random_tensor_body(seed: u64) -> (String, Vec<u8>) {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let values: Vec<f32> = (0..3 * 224 * 224)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let header = json!({
+        "inputs": [{ "name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                     "parameters": { "binary_data_size": values.len() * 4 } }],
+        "outputs": [{ "name": "logits", "parameters": { "classification": 1 } }],
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&f32_bytes(&values));
+    (header.len().to_string(), body)
+}
+
+/// Sends `bodies` all at once from one thread each; returns the statuses.
+fn concurrently(server: &Server, bodies: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
+    let barrier = Arc::new(Barrier::new(bodies.len()));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = bodies
+            .into_iter()
+            .map(|(len, body)| {
+                let barrier = barrier.clone();
+                s.spawn(move || {
+                    barrier.wait();
+                    server.send(
+                        "POST",
+                        &format!("/v2/models/{MODEL}/infer"),
+                        &[("Inference-Header-Content-Length", &len)],
+                        &body,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_identical_ones_run_once() {
+    let server = Server::start(&[
+        "--cache-disk",
+        "0",
+        "--instances",
+        "1",
+        "--max-batch-size",
+        "8",
+        "--max-queue-delay",
+        "20ms",
+    ]);
+    // 64 distinct requests at once: the batcher puts several into one engine run.
+    let replies = concurrently(&server, (0..64).map(random_tensor_body).collect());
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+    }
+    let executions = server.metric("singlepoint_model_executions_total", MODEL);
+    let singles = server.metric("singlepoint_batch_size_bucket", "le=\"1\"");
+    let batches = server.metric("singlepoint_batch_size_count", MODEL);
+    assert_eq!(batches, executions);
+    assert!(batches > singles, "some batch held more than one item");
+    assert!(
+        executions < 64.0,
+        "{executions} engine runs for 64 requests"
+    );
+    assert_eq!(
+        server.metric("singlepoint_items_computed_total", MODEL),
+        64.0
+    );
+
+    // 32 identical requests for an input nobody asked for yet: the model runs once.
+    let before = server.metric("singlepoint_items_computed_total", MODEL);
+    let same = random_tensor_body(1000);
+    let replies = concurrently(&server, vec![same; 32]);
+    let answers: Vec<Value> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", text(&r.body));
+            r.json()["outputs"][0]["data"].clone()
+        })
+        .collect();
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "one answer for all"
+    );
+    let computed = server.metric("singlepoint_items_computed_total", MODEL) - before;
+    assert_eq!(
+        computed, 1.0,
+        "32 identical requests ran the model {computed} times"
+    );
+    let shared = server.metric("singlepoint_coalesced_total", MODEL)
+        + server.metric("singlepoint_model_cache_hits_total", MODEL);
+    assert_eq!(shared, 31.0);
+}
+
+#[test]
+fn bad_requests_get_a_clear_4xx_and_the_server_keeps_serving() {
+    let server = Server::start(&["--no-cache", "--max-body", "1MiB"]);
+    let infer = format!("/v2/models/{MODEL}/infer");
+    let tensor = |name: &str, datatype: &str, shape: Value, data: Value| json!({ "inputs": [{ "name": name, "shape": shape, "datatype": datatype, "data": data }] });
+    let zeros = |n: usize| Value::from(vec![0.0f32; n]);
+    let full = 3 * 224 * 224;
+    let binary_header = |size: usize| {
+        json!({"inputs": [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "FP32",
+                           "parameters": {"binary_data_size": size}}]})
+        .to_string()
+        .into_bytes()
+    };
+    let mut nan = vec![0.0f32; full];
+    nan[17] = f32::NAN;
+    let classify = format!("/v1/models/{MODEL}/classify");
+    // (what, path, JSON part, binary part sent with Inference-Header-Content-Length, status,
+    // what the error must say)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<Vec<u8>>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            &infer,
+            b"{\"inputs\": [".to_vec(),
+            None,
+            400,
+            "malformed",
+        ),
+        (
+            "unknown model",
+            "/v2/models/resnet/infer",
+            tensor("input", "FP32", json!([1, 3, 224, 224]), zeros(full))
+                .to_string()
+                .into_bytes(),
+            None,
+            404,
+            "unknown model `resnet`",
+        ),
+        (
+            "unknown version",
+            "/v2/models/efficientnet-lite0/versions/7/infer",
+            tensor("input", "FP32", json!([1, 3, 224, 224]), zeros(full))
+                .to_string()
+                .into_bytes(),
+            None,
+            404,
+            "no version `7`",
+        ),
+        (
+            "wrong input name",
+            &infer,
+            tensor("pixels", "FP32", json!([1, 3, 224, 224]), zeros(full))
+                .to_string()
+                .into_bytes(),
+            None,
+            400,
+            "unknown input `pixels`",
+        ),
+        (
+            "wrong datatype",
+            &infer,
+            tensor("input", "INT64", json!([1, 3, 224, 224]), zeros(full))
+                .to_string()
+                .into_bytes(),
+            None,
+            400,
+            "datatype `INT64`",
+        ),
+        (
+            "wrong shape",
+            &infer,
+            tensor("input", "FP32", json!([1, 3, 32, 32]), zeros(3 * 32 * 32))
+                .to_string()
+                .into_bytes(),
+            None,
+            400,
+            "does not fit",
+        ),
+        (
+            "element count",
+            &infer,
+            tensor("input", "FP32", json!([1, 3, 224, 224]), zeros(10))
+                .to_string()
+                .into_bytes(),
+            None,
+            400,
+            "needs 150528 elements",
+        ),
+        (
+            "binary size without the header",
+            &infer,
+            binary_header(full * 4),
+            None,
+            400,
+            "no Inference-Header-Content-Length",
+        ),
+        (
+            "truncated binary",
+            &infer,
+            binary_header(full * 4),
+            Some(vec![0u8; 1000]),
+            400,
+            "truncated",
+        ),
+        (
+            "NaN in a tensor",
+            &infer,
+            binary_header(full * 4),
+            Some(f32_bytes(&nan)),
+            400,
+            "element 17 is NaN",
+        ),
+        (
+            "non-image bytes",
+            &classify,
+            b"hello, not an image".to_vec(),
+            None,
+            400,
+            "not an image",
+        ),
+        (
+            "decompression bomb",
+            &classify,
+            b"GIF89a but not really".to_vec(),
+            None,
+            400,
+            "decompression bomb",
+        ),
+        (
+            "oversized body",
+            &classify,
+            vec![0u8; 2 << 20],
+            None,
+            413,
+            "larger than",
+        ),
+        ("empty body", &classify, Vec::new(), None, 400, "empty"),
+        (
+            "bad top_k",
+            "/v1/models/efficientnet-lite0/classify?top_k=0",
+            photo("chelsea.png"),
+            None,
+            400,
+            "top_k",
+        ),
+        (
+            "no such endpoint",
+            "/v3/whatever",
+            Vec::new(),
+            None,
+            404,
+            "no endpoint",
+        ),
+    ];
+    for (what, path, json_part, binary, status, needle) in cases {
+        let len = json_part.len().to_string();
+        let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+        let mut body = json_part;
+        if let Some(binary) = binary {
+            headers.push(("Inference-Header-Content-Length", &len));
+            body.extend_from_slice(&binary);
+        }
+        let reply = server.send("POST", path, &headers, &body);
+        assert_eq!(reply.status, status, "{what}: {}", text(&reply.body));
+        let error = reply.error();
+        assert!(error.contains(needle), "{what}: {error}");
+    }
+    // A GET on the infer endpoint is a JSON 405, not an empty body.
+    let reply = server.send("GET", &infer, &[], &[]);
+    assert_eq!(reply.status, 405);
+    assert!(reply.error().contains("GET"));
+    let (status, ready) = server.get_json("/v2/health/ready");
+    assert_eq!((status, ready["ready"].clone()), (200, json!(true)));
+    assert!(server.metric("singlepoint_requests_total", "outcome=\"bad_request\"") >= 10.0);
+    // Unknown model names do not grow the metrics.
+    assert!(!text(&server.send("GET", "/metrics", &[], &[]).body).contains("resnet"));
+}
+
+#[test]
+fn overload_is_refused_with_429_and_the_server_survives() {
+    // The queue admits 4 items; 40 clients at once (ten times that) send distinct work.
+    let server = Server::start(&[
+        "--no-cache",
+        "--instances",
+        "1",
+        "--max-batch-size",
+        "1",
+        "--max-queue",
+        "4",
+    ]);
+    let replies = concurrently(
+        &server,
+        (0..40).map(|i| random_tensor_body(5000 + i)).collect(),
+    );
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(ok + refused.len(), 40, "only 200 or 429");
+    assert!(ok >= 4, "{ok} answered");
+    assert!(!refused.is_empty(), "nobody was refused");
+    for r in &refused {
+        assert_eq!(r.retry_after.as_deref(), Some("1"));
+        assert!(r.error().contains("queue is full"), "{}", r.error());
+    }
+    assert_eq!(
+        server.metric("singlepoint_rejected_total", MODEL),
+        refused.len() as f64
+    );
+    let rss = server.metric("process_resident_memory_bytes", "");
+    assert!(rss < 1.5e9, "RSS {rss}");
+    let (status, _) = server.get_json("/v2/health/ready");
+    assert_eq!(status, 200);
+    let reply = server.send(
+        "POST",
+        &format!("/v1/models/{MODEL}/classify"),
+        &[],
+        &photo("coffee.png"),
+    );
+    assert_eq!(reply.json()["results"][0]["label"], "espresso");
+}
+
+#[test]
+fn a_request_past_its_deadline_gets_504() {
+    let server = Server::start(&["--no-cache", "--request-timeout", "1ms"]);
+    let (len, body) = random_tensor_body(77);
+    let reply = server.send(
+        "POST",
+        &format!("/v2/models/{MODEL}/infer"),
+        &[("Inference-Header-Content-Length", &len)],
+        &body,
+    );
+    assert_eq!(reply.status, 504, "{}", text(&reply.body));
+    assert!(reply.error().contains("deadline"));
+}
+
+#[test]
+fn sigterm_finishes_the_requests_in_flight() {
+    let mut server = Server::start(&["--no-cache", "--instances", "1", "--max-batch-size", "1"]);
+    let bodies: Vec<(String, Vec<u8>)> = (0..6).map(|i| random_tensor_body(9000 + i)).collect();
+    let pid = server.child.id().to_string();
+    let replies = std::thread::scope(|s| {
+        let srv = &server;
+        let handle = s.spawn(move || concurrently(srv, bodies));
+        // Wait until the work is queued, then ask the server to stop.
+        let t0 = Instant::now();
+        while srv.metric("singlepoint_queue_depth", MODEL) < 1.0 {
+            assert!(t0.elapsed() < Duration::from_secs(30), "nothing was queued");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(status.success());
+        handle.join().unwrap()
+    });
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", text(&r.body));
+    }
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+}
+
+#[test]
+fn metadata_health_and_openapi_describe_the_server() {
+    let server = Server::start(&["--no-cache"]);
+    let (status, live) = server.get_json("/v2/health/live");
+    assert_eq!((status, live["live"].clone()), (200, json!(true)));
+    let (status, meta) = server.get_json("/v2");
+    assert_eq!(status, 200);
+    assert!(meta["extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("binary_tensor_data")));
+    for path in [
+        format!("/v2/models/{MODEL}"),
+        format!("/v2/models/{MODEL}/versions/1"),
+    ] {
+        let (status, m) = server.get_json(&path);
+        assert_eq!(status, 200, "{path}");
+        assert_eq!(m["name"], MODEL);
+        assert_eq!(m["inputs"][0]["name"], "input");
+        assert_eq!(m["inputs"][0]["datatype"], "FP32");
+        assert_eq!(m["inputs"][0]["shape"], json!([-1, 3, 224, 224]));
+        assert_eq!(m["outputs"][0]["shape"], json!([-1, 1000]));
+    }
+    let (status, _) = server.get_json(&format!("/v2/models/{MODEL}/ready"));
+    assert_eq!(status, 200);
+    let (status, _) = server.get_json("/v2/models/nope/ready");
+    assert_eq!(status, 404);
+    let (status, doc) = server.get_json("/openapi.json");
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let (status, models) = server.get_json("/v1/models");
+    assert_eq!(status, 200);
+    assert_eq!(models["models"][0]["name"], MODEL);
+    let metrics = text(&server.send("GET", "/metrics", &[], &[]).body);
+    for family in [
+        "singlepoint_requests_total",
+        "singlepoint_request_duration_seconds",
+        "singlepoint_queue_seconds",
+        "singlepoint_compute_seconds",
+        "singlepoint_batch_size",
+        "singlepoint_coalesced_total",
+        "singlepoint_instances_busy",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(&format!("# TYPE {family} ")), "{family}");
+    }
+}
+
+#[test]
+fn a_model_repository_serves_each_model_and_refuses_a_bad_one() {
+    let repo_dir = tempfile::tempdir().unwrap();
+    let digits = repo_dir.path().join("digits");
+    std::fs::create_dir(&digits).unwrap();
+    for entry in std::fs::read_dir(repo().join("models/digits-cnn")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), digits.join(entry.file_name())).unwrap();
+    }
+    let dir = repo_dir.path().display().to_string();
+    let server = Server::start(&["--no-cache", "--model-repository", &dir]);
+    let (status, models) = server.get_json("/v1/models");
+    assert_eq!(status, 200);
+    let name = models["models"][0]["name"].as_str().unwrap().to_string();
+    let (status, meta) = server.get_json(&format!("/v2/models/{name}"));
+    assert_eq!(status, 200, "{meta}");
+    drop(server);
+
+    std::fs::write(digits.join("model.json"), "{\"name\": ").unwrap();
+    let out = super::singlepoint(&["serve", "--port", "0", "--model-repository", &dir], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("model.json"), "{stderr}");
+}
