@@ -1,0 +1,67 @@
+"""The Python peer of `singlepoint serve`: LitServe with PIL + onnxruntime, its own dynamic
+batching on, the bundled model's preprocessing (shorter side 256 bilinear, centre crop 224,
+(x-127)/128). Takes the same multipart upload as POST /v1/models/{name}/classify (one file per
+request) and answers the top label.
+
+Usage: python3 bench/peer_serve.py MODEL_DIR PORT [--workers 2] [--max-batch-size 8]
+                                              [--batch-timeout 0.002]
+"""
+import argparse, io
+import numpy as np
+import onnxruntime as ort
+import litserve as ls
+from PIL import Image
+
+p = argparse.ArgumentParser()
+p.add_argument("model_dir")
+p.add_argument("port", type=int)
+p.add_argument("--workers", type=int, default=2)
+p.add_argument("--max-batch-size", type=int, default=8)
+p.add_argument("--batch-timeout", type=float, default=0.002)
+args = p.parse_args()
+
+
+def prepare(data):
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = img.size
+    if w <= h:
+        nw, nh = 256, round(256 * h / w)
+    else:
+        nw, nh = round(256 * w / h), 256
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = round((nw - 224) / 2), round((nh - 224) / 2)
+    img = img.crop((left, top, left + 224, top + 224))
+    return ((np.asarray(img, dtype=np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+class Classifier(ls.LitAPI):
+    def setup(self, device):
+        opts = ort.SessionOptions()
+        # One intra-op thread per worker process, as singlepoint runs one per instance.
+        opts.intra_op_num_threads = 1
+        self.sess = ort.InferenceSession(f"{args.model_dir}/model.onnx", opts,
+                                         providers=["CPUExecutionProvider"])
+        self.labels = open(f"{args.model_dir}/labels.txt").read().splitlines()
+
+    def decode_request(self, request):
+        upload = request["file"]
+        data = upload.file.read() if hasattr(upload, "file") else upload
+        return prepare(data)
+
+    def batch(self, inputs):
+        return np.stack(inputs)
+
+    def predict(self, x):
+        return self.sess.run(None, {"input": x})[0]
+
+    def unbatch(self, output):
+        return list(output)
+
+    def encode_response(self, row):
+        return {"label": self.labels[int(np.argmax(row))]}
+
+
+if __name__ == "__main__":
+    api = Classifier(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
+    server = ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers)
+    server.run(port=args.port, generate_client_file=False)

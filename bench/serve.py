@@ -1,0 +1,205 @@
+"""`singlepoint serve` vs a Python peer (LitServe + PIL + onnxruntime, its own batching on),
+under a compiled load generator (wrk) on loopback, at concurrency 1, 4, 16 and 64.
+
+Three servers run side by side and take turns at each concurrency, so that every ratio comes
+from one run on the same noisy machine:
+- ours, cache off (`--no-cache`), every request a new input;
+- the peer, the same requests (bench/peer_serve.py: 2 worker processes, 1 ONNX Runtime thread
+  each, max batch 8, 2 ms batch timeout, as ours: 2 instances, max batch 8, 2 ms delay);
+- ours, cache on, 90 % repeated inputs (nine requests in ten repeat one of 100 photos).
+Every request is one web-size JPEG (bench/data/web, 1024-1600 px) as a multipart upload; the
+new inputs carry a nonce in a JPEG comment, so no cache or coalescing can answer them.
+Reports throughput, p50, p99 and peak RSS (the peer's summed over its processes) per run, the
+time from process start to ready, and the peer's versions.
+
+Usage: python3 bench/serve.py [--seconds 10] [--concurrency 1,4,16,64] [--photos 200]
+Needs: cargo build --release; wrk (apt-get install wrk); pip install litserve python-multipart
+"""
+import argparse, glob, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile
+import threading, time, urllib.request
+from importlib.metadata import version
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import header
+
+root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+binary = os.path.join(root, "target", "release", "singlepoint")
+model_dir = os.path.join(root, "models", "efficientnet-lite0")
+
+p = argparse.ArgumentParser()
+p.add_argument("--seconds", type=int, default=10)
+p.add_argument("--concurrency", default="1,4,16,64")
+p.add_argument("--photos", type=int, default=200)
+p.add_argument("--out", default=None)
+args = p.parse_args()
+levels = [int(c) for c in args.concurrency.split(",")]
+
+for need, hint in [(binary, "cargo build --release"), (shutil.which("wrk"), "apt-get install wrk")]:
+    if not need or not os.path.exists(need):
+        sys.exit(f"missing {need or 'wrk'}: run `{hint}`")
+photos = sorted(glob.glob(os.path.join(root, "bench", "data", "web", "*.jpg")))[: args.photos]
+if len(photos) < 100:
+    sys.exit("run `python3 bench/make_photos.py` first (needs 100+ web-size photos)")
+listing = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+listing.write("\n".join(photos) + "\n")
+listing.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss(pid):
+    """Resident bytes of a process and all its descendants."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, IndexError, ValueError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        q = todo.pop()
+        try:
+            for line in open(f"/proc/{q}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        todo.extend(children.get(q, []))
+    return total
+
+
+class Side:
+    def __init__(self, name, cmd, url, path, mode, ready_path):
+        self.name, self.url, self.path, self.mode = name, url, path, mode
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        while True:
+            try:
+                with urllib.request.urlopen(url + ready_path, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.perf_counter() - t0 > 120:
+                sys.exit(f"{name} did not start")
+            time.sleep(0.005)
+        self.ready_s = time.perf_counter() - t0
+
+    def load(self, concurrency, seconds):
+        peak = [0]
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], tree_rss(self.proc.pid))
+                stop.wait(0.2)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
+             "-s", os.path.join(root, "bench", "serve.lua"), self.url + self.path, "--",
+             listing.name, self.mode], capture_output=True, text=True, check=True).stdout
+        stop.set()
+        sampler.join()
+        line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+        r = json.loads(line[len("WRKJSON "):])
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        r["non2xx"] = int(non2xx.group(1)) if non2xx else 0
+        r["rps"] = r["requests"] / r["seconds"]
+        r["rss_mib"] = peak[0] / 2**20
+        return r
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def ours(name, extra, mode):
+    port = free_port()
+    return Side(name, [binary, "serve", "--port", str(port), "--max-batch-size", "8",
+                       "--max-queue-delay", "2ms", "--max-queue", "1024", *extra],
+                f"http://127.0.0.1:{port}", "/v1/models/efficientnet-lite0/classify?top_k=1", mode,
+                "/v2/health/ready")
+
+
+# Time to ready: five fresh starts of ours (bundled model, ONNX Runtime already fetched).
+ready = []
+for _ in range(5):
+    s = ours("ready", ["--no-cache"], "unique")
+    ready.append(s.ready_s)
+    s.stop()
+
+cache_dir = tempfile.mkdtemp()
+peer_port = free_port()
+sides = [
+    ours("singlepoint, cache off", ["--no-cache"], "unique"),
+    Side("LitServe peer", [sys.executable, os.path.join(root, "bench", "peer_serve.py"), model_dir,
+                           str(peer_port)],
+         f"http://127.0.0.1:{peer_port}", "/predict", "unique", "/health"),
+    ours("singlepoint, cache on, 90 % repeats", ["--cache-dir", cache_dir], "repeat90"),
+]
+results = {s.name: {} for s in sides}
+try:
+    for s in sides:  # warm-up: first sessions, page cache, allocator
+        s.load(4, 2)
+    for c in levels:
+        for s in sides:
+            r = s.load(c, args.seconds)
+            results[s.name][c] = r
+            print(f"c={c:<3} {s.name:<38} {r['rps']:7.1f} req/s  p50 {r['p50_us']/1e3:7.1f} ms  "
+                  f"p99 {r['p99_us']/1e3:7.1f} ms  RSS {r['rss_mib']:6.0f} MiB  "
+                  f"errors {r['non2xx'] + r['timeout'] + r['connect'] + r['read']}", flush=True)
+    metrics = urllib.request.urlopen(sides[2].url + "/metrics").read().decode()
+finally:
+    for s in sides:
+        s.stop()
+
+def metric(name, labels=""):
+    return sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+               if l.startswith(name) and labels in l and not l.startswith("#"))
+
+hits = metric("singlepoint_model_cache_hits_total")
+misses = metric("singlepoint_model_cache_misses_total")
+off, peer, on = (results[s.name] for s in sides)
+lines = header("Serving: singlepoint serve vs LitServe, under wrk", "serve.py") + [
+    f"- load: wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
+    f", 1 thread, {args.seconds} s per run, loopback; one web-size JPEG (1024-1600 px) per request"
+    " as a multipart upload; new inputs carry a nonce in a JPEG comment",
+    f"- peer: LitServe {version('litserve')}, FastAPI {version('fastapi')}, uvicorn "
+    f"{version('uvicorn')}, onnxruntime {version('onnxruntime')}, Pillow {version('pillow')}, "
+    f"numpy {version('numpy')}; 2 worker processes x 1 ORT thread, max batch 8, batch timeout 2 ms",
+    "- ours: 2 instances x 1 ORT thread, 2 decode workers, max batch 8, max queue delay 2 ms",
+    f"- time from process start to `/v2/health/ready` = 200 (ours, 5 starts): median "
+    f"{1e3 * statistics.median(ready):.0f} ms, max {1e3 * max(ready):.0f} ms",
+    f"- cache on: measured hit rate p = {hits / max(hits + misses, 1):.3f} "
+    f"({hits:.0f} hits, {misses:.0f} misses over all its runs)",
+    "",
+    "| concurrency | side | req/s | p50 ms | p99 ms | peak RSS MiB | errors |",
+    "|---|---|---|---|---|---|---|",
+]
+for c in levels:
+    for s in sides:
+        r = results[s.name][c]
+        errors = r["non2xx"] + r["timeout"] + r["connect"] + r["read"]
+        lines.append(f"| {c} | {s.name} | {r['rps']:.1f} | {r['p50_us']/1e3:.1f} | "
+                     f"{r['p99_us']/1e3:.1f} | {r['rss_mib']:.0f} | {errors} |")
+lines += ["", "| concurrency | ours cache off / peer (req/s) | p99 ours off / peer | "
+          "ours cache on / ours cache off (req/s) |", "|---|---|---|---|"]
+for c in levels:
+    lines.append(f"| {c} | {off[c]['rps'] / peer[c]['rps']:.2f}x | "
+                 f"{off[c]['p99_us'] / peer[c]['p99_us']:.2f} | {on[c]['rps'] / off[c]['rps']:.2f}x |")
+report = "\n".join(lines) + "\n"
+print(report)
+if args.out:
+    open(args.out, "w").write(report)
