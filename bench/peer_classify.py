@@ -9,6 +9,7 @@ import json, sys, time
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
+from pil_preprocess import preprocess as preprocess_image
 
 model_dir, paths = sys.argv[1], sys.argv[2:]
 labels = open(f"{model_dir}/labels.txt").read().splitlines()
@@ -20,15 +21,7 @@ def prepare(path):
     t0 = time.thread_time()
     img = Image.open(path).convert("RGB")
     t1 = time.thread_time()
-    w, h = img.size
-    if w <= h:
-        nw, nh = 256, round(256 * h / w)
-    else:
-        nw, nh = round(256 * w / h), 256
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = round((nw - 224) / 2), round((nh - 224) / 2)
-    img = img.crop((left, top, left + 224, top + 224))
-    x = ((np.asarray(img, dtype=np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+    x = preprocess_image(img)
     preprocess += time.thread_time() - t1
     decode += t1 - t0
     return x

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import litserve as ls
 from PIL import Image
+from pil_preprocess import preprocess
 
 p = argparse.ArgumentParser()
 p.add_argument("model_dir")
@@ -22,16 +23,7 @@ args = p.parse_args()
 
 
 def prepare(data):
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = img.size
-    if w <= h:
-        nw, nh = 256, round(256 * h / w)
-    else:
-        nw, nh = round(256 * w / h), 256
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = round((nw - 224) / 2), round((nh - 224) / 2)
-    img = img.crop((left, top, left + 224, top + 224))
-    return ((np.asarray(img, dtype=np.float32) - 127.0) / 128.0).transpose(2, 0, 1)
+    return preprocess(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 class Classifier(ls.LitAPI):
