@@ -3,8 +3,9 @@ batching on, the bundled model's preprocessing (shorter side 256 bilinear, centr
 (x-127)/128). Takes the same multipart upload as POST /v1/models/{name}/classify (one file per
 request) and answers the top label.
 
-Usage: python3 bench/peer_serve.py MODEL_DIR PORT [--workers 2] [--max-batch-size 8]
-                                              [--batch-timeout 0.002]
+Usage: python3 bench/peer_serve.py MODEL_DIR PORT [--workers 2] [--ort-threads 1]
+                                 [--max-batch-size 8] [--batch-timeout 0.002]
+(--ort-threads 0 leaves ONNX Runtime's default: one intra-op thread per core)
 """
 import argparse, io
 import numpy as np
@@ -17,6 +18,7 @@ p = argparse.ArgumentParser()
 p.add_argument("model_dir")
 p.add_argument("port", type=int)
 p.add_argument("--workers", type=int, default=2)
+p.add_argument("--ort-threads", type=int, default=1)
 p.add_argument("--max-batch-size", type=int, default=8)
 p.add_argument("--batch-timeout", type=float, default=0.002)
 args = p.parse_args()
@@ -29,8 +31,9 @@ def prepare(data):
 class Classifier(ls.LitAPI):
     def setup(self, device):
         opts = ort.SessionOptions()
-        # One intra-op thread per worker process, as singlepoint runs one per instance.
-        opts.intra_op_num_threads = 1
+        # Tuned: one intra-op thread per worker process, as singlepoint runs one per instance.
+        if args.ort_threads > 0:
+            opts.intra_op_num_threads = args.ort_threads
         self.sess = ort.InferenceSession(f"{args.model_dir}/model.onnx", opts,
                                          providers=["CPUExecutionProvider"])
         self.labels = open(f"{args.model_dir}/labels.txt").read().splitlines()

@@ -1,6 +1,7 @@
 -- wrk script for bench/serve.py: POSTs one photo per request as a multipart form (field `file`),
 -- the same bytes to singlepoint and to the Python peer.
--- Arguments: LIST_FILE MODE, where LIST_FILE names one JPEG per line and MODE is
+-- Arguments: LIST_FILE MODE TAG, where LIST_FILE names one JPEG per line, TAG makes this run's
+-- nonces its own (so no earlier run's answers can serve them), and MODE is
 --   unique   every request is an input never sent before: a listed photo with a JPEG comment
 --            segment carrying a nonce (the image decodes identically; its bytes are new)
 --   repeat90 nine requests in ten repeat one of the first 100 photos; the tenth is new as above
@@ -9,8 +10,10 @@
 local boundary = "singlepoint-bench-boundary"
 local files = {}
 local mode = "unique"
+local tag = ""
 local counter = 0
 local hot = 100
+local hot_forms = {}
 local threads = 0
 
 function setup(thread)
@@ -20,6 +23,7 @@ end
 
 function init(args)
   mode = args[2] or "unique"
+  tag = args[3] or ""
   for path in io.lines(args[1]) do
     local f = assert(io.open(path, "rb"))
     files[#files + 1] = f:read("*a")
@@ -40,15 +44,22 @@ end
 
 local headers = { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }
 
+local function build_hot_requests()
+  for i = 1, hot do
+    hot_forms[i] = wrk.format("POST", nil, headers, form(files[i]))
+  end
+end
+
 function request()
   counter = counter + 1
-  local img
+  local body
   if mode == "repeat90" and counter % 10 ~= 0 then
-    img = files[(counter % hot) + 1]
-  else
-    img = with_nonce(files[(counter % #files) + 1], string.format("sp-%d-%d", id, counter))
+    -- Repeats reuse a prebuilt request, so the load generator spends no time building it.
+    if #hot_forms == 0 then build_hot_requests() end
+    return hot_forms[(counter % hot) + 1]
   end
-  return wrk.format("POST", nil, headers, form(img))
+  body = form(with_nonce(files[(counter % #files) + 1], string.format("sp-%s-%d-%d", tag, id, counter)))
+  return wrk.format("POST", nil, headers, body)
 end
 
 function done(summary, latency, requests)

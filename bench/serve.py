@@ -1,11 +1,13 @@
 """`singlepoint serve` vs a Python peer (LitServe + PIL + onnxruntime, its own batching on),
 under a compiled load generator (wrk) on loopback, at concurrency 1, 4, 16 and 64.
 
-Three servers run side by side and take turns at each concurrency, so that every ratio comes
-from one run on the same noisy machine:
+Four servers start side by side and take turns at each concurrency (the others stopped with
+SIGSTOP meanwhile), so that every ratio comes from one run on the same noisy machine:
 - ours, cache off (`--no-cache`), every request a new input;
-- the peer, the same requests (bench/peer_serve.py: 2 worker processes, 1 ONNX Runtime thread
-  each, max batch 8, 2 ms batch timeout, as ours: 2 instances, max batch 8, 2 ms delay);
+- the peer, tuned, the same requests (bench/peer_serve.py: 2 worker processes, 1 ONNX Runtime
+  thread each, max batch 8, 2 ms batch timeout, as ours: 2 instances, max batch 8, 2 ms delay);
+- the peer with LitServe's and ONNX Runtime's defaults for workers and threads (1 worker
+  process, one intra-op thread per core), batching on as above: what a user runs without tuning;
 - ours, cache on, 90 % repeated inputs (nine requests in ten repeat one of 100 photos).
 Every request is one web-size JPEG (bench/data/web, 1024-1600 px) as a multipart upload; the
 new inputs carry a nonce in a JPEG comment, so no cache or coalescing can answer them.
@@ -92,7 +94,14 @@ class Side:
             time.sleep(0.005)
         self.ready_s = time.perf_counter() - t0
 
+    def pause(self):
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
     def load(self, concurrency, seconds):
+        # Only the side under load runs: an idle LitServe polls its queues (a quarter of a core
+        # here), so the others are stopped (SIGSTOP) while one is measured.
+        os.killpg(self.proc.pid, signal.SIGCONT)
+        time.sleep(0.5)
         peak = [0]
         stop = threading.Event()
 
@@ -106,9 +115,10 @@ class Side:
         out = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
              "-s", os.path.join(root, "bench", "serve.lua"), self.url + self.path, "--",
-             listing.name, self.mode], capture_output=True, text=True, check=True).stdout
+             listing.name, self.mode, f"{time.time_ns()}"], capture_output=True, text=True, check=True).stdout
         stop.set()
         sampler.join()
+        self.pause()
         line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
         r = json.loads(line[len("WRKJSON "):])
         non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -118,6 +128,7 @@ class Side:
         return r
 
     def stop(self):
+        os.killpg(self.proc.pid, signal.SIGCONT)
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout=30)
@@ -142,14 +153,21 @@ for _ in range(5):
 
 cache_dir = tempfile.mkdtemp()
 peer_port = free_port()
+peer2_port = free_port()
 sides = [
     ours("singlepoint, cache off", ["--no-cache"], "unique"),
-    Side("LitServe peer", [sys.executable, os.path.join(root, "bench", "peer_serve.py"), model_dir,
-                           str(peer_port)],
+    Side("LitServe peer, tuned", [sys.executable, os.path.join(root, "bench", "peer_serve.py"),
+                                  model_dir, str(peer_port)],
          f"http://127.0.0.1:{peer_port}", "/predict", "unique", "/health"),
+    Side("LitServe peer, default workers/threads",
+         [sys.executable, os.path.join(root, "bench", "peer_serve.py"), model_dir,
+          str(peer2_port), "--workers", "1", "--ort-threads", "0"],
+         f"http://127.0.0.1:{peer2_port}", "/predict", "unique", "/health"),
     ours("singlepoint, cache on, 90 % repeats", ["--cache-dir", cache_dir], "repeat90"),
 ]
 results = {s.name: {} for s in sides}
+for s in sides:
+    s.pause()
 try:
     for s in sides:  # warm-up: first sessions, page cache, allocator
         s.load(4, 2)
@@ -160,7 +178,8 @@ try:
             print(f"c={c:<3} {s.name:<38} {r['rps']:7.1f} req/s  p50 {r['p50_us']/1e3:7.1f} ms  "
                   f"p99 {r['p99_us']/1e3:7.1f} ms  RSS {r['rss_mib']:6.0f} MiB  "
                   f"errors {r['non2xx'] + r['timeout'] + r['connect'] + r['read']}", flush=True)
-    metrics = urllib.request.urlopen(sides[2].url + "/metrics").read().decode()
+    os.killpg(sides[3].proc.pid, signal.SIGCONT)
+    metrics = urllib.request.urlopen(sides[3].url + "/metrics").read().decode()
 finally:
     for s in sides:
         s.stop()
@@ -171,14 +190,15 @@ def metric(name, labels=""):
 
 hits = metric("singlepoint_model_cache_hits_total")
 misses = metric("singlepoint_model_cache_misses_total")
-off, peer, on = (results[s.name] for s in sides)
+off, peer, peer_default, on = (results[s.name] for s in sides)
 lines = header("Serving: singlepoint serve vs LitServe, under wrk", "serve.py") + [
     f"- load: wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
     f", 1 thread, {args.seconds} s per run, loopback; one web-size JPEG (1024-1600 px) per request"
     " as a multipart upload; new inputs carry a nonce in a JPEG comment",
     f"- peer: LitServe {version('litserve')}, FastAPI {version('fastapi')}, uvicorn "
     f"{version('uvicorn')}, onnxruntime {version('onnxruntime')}, Pillow {version('pillow')}, "
-    f"numpy {version('numpy')}; 2 worker processes x 1 ORT thread, max batch 8, batch timeout 2 ms",
+    f"numpy {version('numpy')}; tuned: 2 worker processes x 1 ORT thread; defaults: 1 worker "
+    "process, ORT's default threads (one per core); both max batch 8, batch timeout 2 ms",
     "- ours: 2 instances x 1 ORT thread, 2 decode workers, max batch 8, max queue delay 2 ms",
     f"- time from process start to `/v2/health/ready` = 200 (ours, 5 starts): median "
     f"{1e3 * statistics.median(ready):.0f} ms, max {1e3 * max(ready):.0f} ms",
@@ -194,11 +214,15 @@ for c in levels:
         errors = r["non2xx"] + r["timeout"] + r["connect"] + r["read"]
         lines.append(f"| {c} | {s.name} | {r['rps']:.1f} | {r['p50_us']/1e3:.1f} | "
                      f"{r['p99_us']/1e3:.1f} | {r['rss_mib']:.0f} | {errors} |")
-lines += ["", "| concurrency | ours cache off / peer (req/s) | p99 ours off / peer | "
-          "ours cache on / ours cache off (req/s) |", "|---|---|---|---|"]
+lines += ["", "| concurrency | ours cache off / tuned peer (req/s) | p99 ours / tuned peer | "
+          "ours cache off / default peer (req/s) | p99 ours / default peer | "
+          "ours cache on / ours cache off (req/s) |", "|---|---|---|---|---|---|"]
 for c in levels:
     lines.append(f"| {c} | {off[c]['rps'] / peer[c]['rps']:.2f}x | "
-                 f"{off[c]['p99_us'] / peer[c]['p99_us']:.2f} | {on[c]['rps'] / off[c]['rps']:.2f}x |")
+                 f"{off[c]['p99_us'] / peer[c]['p99_us']:.2f} | "
+                 f"{off[c]['rps'] / peer_default[c]['rps']:.2f}x | "
+                 f"{off[c]['p99_us'] / peer_default[c]['p99_us']:.2f} | "
+                 f"{on[c]['rps'] / off[c]['rps']:.2f}x |")
 report = "\n".join(lines) + "\n"
 print(report)
 if args.out:

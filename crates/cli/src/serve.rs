@@ -90,6 +90,16 @@ pub struct ServeArgs {
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
     no_fetch: bool,
+
+    /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Every model folder under `dir` (those holding a model.json), in name order.
@@ -115,7 +125,7 @@ fn repository(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    init_tracing();
+    init_tracing(args.log_format);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut paths = args.model.clone();
     if let Some(dir) = &args.model_repository {
@@ -233,13 +243,17 @@ async fn shutdown_signal() {
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `info`).
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

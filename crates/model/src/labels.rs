@@ -190,8 +190,14 @@ pub fn top_k_indices(values: &[f32], k: usize) -> Vec<usize> {
             values[i]
         }
     };
-    idx.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
-    idx.truncate(k);
+    let order = |&a: &usize, &b: &usize| key(b).total_cmp(&key(a)).then(a.cmp(&b));
+    // Select the k best in linear time, then sort only those (a cache hit's whole cost is a
+    // few of these).
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k, order);
+        idx.truncate(k);
+    }
+    idx.sort_by(order);
     idx
 }
 
