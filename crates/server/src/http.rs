@@ -766,7 +766,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             "process_resident_memory_bytes",
             "gauge",
             "Resident set size",
-            metrics::rss_bytes() as f64,
+            singlepoint_runtime::cost::rss_bytes() as f64,
         ),
         (
             "process_open_fds",

@@ -293,12 +293,13 @@ impl ModelService {
                 CacheKey::new(&shared.model.digest, ROW_TENSOR, &bytes)
             }
         };
-        if let Some(cache) = &shared.cache {
-            if let Some(row) = cache.get(&key).and_then(|v| row_from_bytes(&v)) {
-                shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ticket::Ready(Ok((row, Source::Cache)));
-            }
-            shared.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+        let lookup = || {
+            let cache = shared.cache.as_ref()?;
+            cache.get(&key).and_then(|v| row_from_bytes(&v))
+        };
+        if let Some(row) = lookup() {
+            shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ticket::Ready(Ok((row, Source::Cache)));
         }
         let (tx, rx) = oneshot::channel();
         {
@@ -312,6 +313,16 @@ impl ModelService {
                 return Ticket::Waiting(rx, Source::Coalesced);
             }
             waiters.insert(key, vec![tx]);
+        }
+        // A computation of this key may have finished between the lookup and the lock; it
+        // stored its answer before leaving the in-flight map, so the cache has it now.
+        if let Some(row) = lookup() {
+            shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+            finish(shared, &key, Ok(row), false);
+            return Ticket::Waiting(rx, Source::Cache);
+        }
+        if shared.cache.is_some() {
+            shared.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
         }
         // This item leads the computation of its key.
         let max = shared.config.max_queue;
