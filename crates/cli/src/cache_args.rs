@@ -1,10 +1,58 @@
-//! Flags shared by `classify` and `serve`: the result cache, sizes and durations.
+//! Flags shared by `classify`, `serve` and `tune`: the result cache, prices and weights, sizes
+//! and durations.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use singlepoint_cache::CacheConfig;
+use singlepoint_runtime::cost::{Prices, Weights};
+
+/// What resources cost and how f = w_t·t + w_r·money weighs time against money
+/// (docs/cost-model.md).
+#[derive(Args, Clone, Debug)]
+pub struct CostArgs {
+    /// Price of one core for one hour, in your money unit
+    #[arg(long, default_value_t = Prices::default().core_hour, value_name = "PRICE")]
+    pub price_core_hour: f64,
+
+    /// Price of one GiB of memory for one hour
+    #[arg(long, default_value_t = Prices::default().gib_hour, value_name = "PRICE")]
+    pub price_gib_hour: f64,
+
+    /// w_t: what one hour of wall time is worth, in money (default: one core-hour's price)
+    #[arg(long, value_name = "MONEY")]
+    pub weight_time_per_hour: Option<f64>,
+
+    /// w_r: the weight of money spent on resources
+    #[arg(long, default_value_t = 1.0, value_name = "W")]
+    pub weight_resources: f64,
+}
+
+impl CostArgs {
+    /// Validated prices and weights.
+    pub fn resolve(&self) -> anyhow::Result<(Prices, Weights)> {
+        let prices = Prices {
+            core_hour: self.price_core_hour,
+            gib_hour: self.price_gib_hour,
+        };
+        let weights = Weights {
+            time_per_hour: self.weight_time_per_hour.unwrap_or(prices.core_hour),
+            resources: self.weight_resources,
+        };
+        for (flag, v) in [
+            ("--price-core-hour", prices.core_hour),
+            ("--price-gib-hour", prices.gib_hour),
+            ("--weight-time-per-hour", weights.time_per_hour),
+            ("--weight-resources", weights.resources),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                anyhow::bail!("`{flag}` must be a finite number, 0 or more (got {v})");
+            }
+        }
+        Ok((prices, weights))
+    }
+}
 
 #[derive(Args, Clone, Debug)]
 pub struct CacheArgs {

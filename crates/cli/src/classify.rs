@@ -5,19 +5,20 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use singlepoint_backend::{BackendKind, EngineOptions};
 use singlepoint_cache::{CacheConfig, CacheStats, ResultCache};
 use singlepoint_model::{DecodeLimits, Model};
+use singlepoint_runtime::cost::{price, CostReport, Prices, RssSampler, StageCosts, Weights};
 use singlepoint_runtime::cputime::{peak_rss_bytes, process_cpu_time};
 use singlepoint_runtime::{
-    load_engine, BackendChoice, Classifier, Inputs, PipelineConfig, RunStats,
+    load_engine, BackendChoice, Classifier, InputEntry, Inputs, PipelineConfig, RunStats,
 };
 
-use crate::cache_args::CacheArgs;
+use crate::cache_args::{CacheArgs, CostArgs};
 use crate::output::{Format, Writer};
 
 #[derive(Args)]
@@ -66,6 +67,18 @@ pub struct ClassifyArgs {
 
     #[command(flatten)]
     cache: CacheArgs,
+
+    /// Print the run's cost report on stderr: t0, r0, n, N, p, q (measured on the first 32
+    /// inputs with 1 and N workers, cache bypassed), time per stage, memory, money and f
+    #[arg(long)]
+    report: bool,
+
+    /// Write the cost report as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+
+    #[command(flatten)]
+    cost: CostArgs,
 
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
@@ -179,7 +192,18 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let stdin_used = args.inputs.iter().any(|a| a == "-");
     let stdin: Option<Box<dyn std::io::BufRead + Send>> =
         stdin_used.then(|| Box::new(std::io::BufReader::new(std::io::stdin())) as _);
-    let inputs = Inputs::new(args.inputs.clone(), stdin);
+    let mut inputs: Box<dyn Iterator<Item = InputEntry> + Send> =
+        Box::new(Inputs::new(args.inputs.clone(), stdin));
+    let reporting = args.report || args.report_json.is_some();
+    let (prices, weights) = args.cost.resolve()?;
+    let mut calibration = Calibration::default();
+    if reporting {
+        let sample: Vec<InputEntry> = inputs.by_ref().take(Q_SAMPLE).collect();
+        calibration = calibrate(&classifier, &sample);
+        inputs = Box::new(sample.into_iter().chain(inputs));
+    }
+    let rss = reporting.then(|| RssSampler::start(Duration::from_millis(50)));
+    let main_started = Instant::now();
 
     let progress = progress_bar(args.quiet);
     let stdout = std::io::stdout();
@@ -214,6 +238,7 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         }
     })?;
     let cpu = process_cpu_time().saturating_sub(cpu_before);
+    let run_elapsed = main_started.elapsed();
     if let Some(cache) = classifier.cache() {
         for warning in cache.take_warnings() {
             eprintln!("warning: {warning}");
@@ -231,6 +256,30 @@ pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", summary(&stats, cpu, engine_kind.as_str(), &settings));
         if let Some(c) = &cache_stats {
             eprintln!("{}", cache_summary(&stats, c));
+        }
+    }
+    if let Some(rss) = rss {
+        let (mean_rss, peak_rss) = rss.finish();
+        let report = cost_report(CostInputs {
+            stats: &stats,
+            workers: settings.config.instances,
+            run_cpu: cpu,
+            cpu_before_run: cpu_before,
+            before_run: main_started.saturating_duration_since(crate::started()),
+            sessions: run_elapsed.saturating_sub(stats.wall),
+            calibration: &calibration,
+            mean_rss,
+            peak_rss,
+            prices,
+            weights,
+        });
+        if args.report {
+            eprintln!("{}", report.to_text());
+        }
+        if let Some(path) = &args.report_json {
+            let json = serde_json::to_string_pretty(&report)?;
+            std::fs::write(path, json + "\n")
+                .with_context(|| format!("cannot write the report to `{}`", path.display()))?;
         }
     }
     Ok(if stats.failed == 0 {
@@ -297,4 +346,111 @@ fn summary(stats: &RunStats, cpu: Duration, engine: &str, settings: &Settings) -
         per_item(cpu),
         peak_rss_bytes() >> 20,
     )
+}
+
+/// Inputs of the calibration that measures q.
+const Q_SAMPLE: usize = 32;
+
+/// q measured on a sample: throughput with 1 and with N workers, cache bypassed.
+#[derive(Default)]
+struct Calibration {
+    q: Option<f64>,
+    how: Option<String>,
+    wall: Duration,
+    cpu: Duration,
+}
+
+fn calibrate(classifier: &Classifier, sample: &[InputEntry]) -> Calibration {
+    let t0 = Instant::now();
+    let cpu0 = process_cpu_time();
+    let config = classifier.config();
+    let n = config.instances;
+    let throughput = |instances: usize| -> Option<f64> {
+        let c = Classifier::new(
+            Arc::new(classifier.model().clone()),
+            classifier.engine().clone(),
+            PipelineConfig {
+                instances,
+                ..config.clone()
+            },
+        )
+        .ok()?;
+        let stats = c
+            .run(sample.iter().cloned(), |_| ControlFlow::Continue(()))
+            .ok()?;
+        Some(sample.len() as f64 / stats.wall.as_secs_f64().max(1e-9))
+    };
+    let mut calibration = Calibration::default();
+    if n == 1 {
+        calibration.q = Some(1.0);
+        calibration.how = Some("one worker: 1 by definition".into());
+    } else if sample.len() >= 2 * n * config.batch_size {
+        if let (Some(x1), Some(xn)) = (throughput(1), throughput(n)) {
+            calibration.q = Some(xn / (n as f64 * x1));
+            calibration.how = Some(format!(
+                "X(1) = {x1:.1}/s, X({n}) = {xn:.1}/s on the first {} inputs, cache bypassed",
+                sample.len()
+            ));
+        }
+    }
+    calibration.wall = t0.elapsed();
+    calibration.cpu = process_cpu_time().saturating_sub(cpu0);
+    calibration
+}
+
+struct CostInputs<'a> {
+    stats: &'a RunStats,
+    workers: usize,
+    run_cpu: Duration,
+    cpu_before_run: Duration,
+    /// From process start to the start of the main run.
+    before_run: Duration,
+    /// Creating the engine sessions, inside the main run but before its clock starts.
+    sessions: Duration,
+    calibration: &'a Calibration,
+    mean_rss: u64,
+    peak_rss: u64,
+    prices: Prices,
+    weights: Weights,
+}
+
+fn cost_report(c: CostInputs) -> CostReport {
+    let s = c.stats;
+    let n = s.items.max(1) as f64;
+    let per = |d: Duration| d.as_secs_f64() / n;
+    let t0 = (c.before_run.saturating_sub(c.calibration.wall) + c.sessions).as_secs_f64();
+    let r0 = c
+        .cpu_before_run
+        .saturating_sub(c.calibration.cpu)
+        .as_secs_f64();
+    let run_seconds = s.wall.as_secs_f64();
+    let run_cpu = c.run_cpu.as_secs_f64();
+    let gib = c.mean_rss as f64 / (1u64 << 30) as f64;
+    CostReport {
+        items: s.items,
+        workers: c.workers,
+        model_executions: s.model_executions,
+        hit_rate: (s.cache_hits + s.coalesced) as f64 / n,
+        parallel_efficiency: c.calibration.q,
+        q_sample: c.calibration.how.clone(),
+        t0,
+        r0,
+        run_seconds,
+        run_cpu_seconds: run_cpu,
+        cpu_per_item: run_cpu / n,
+        mean_rss_bytes: c.mean_rss,
+        peak_rss_bytes: c.peak_rss,
+        stages: StageCosts {
+            key_and_cache: per(s.cache),
+            read: per(s.read),
+            decode: per(s.decode),
+            preprocess: per(s.preprocess),
+            inference: per(s.inference),
+            postprocess: per(s.postprocess),
+        },
+        prices: c.prices,
+        weights: c.weights,
+        total: price(t0 + run_seconds, r0 + run_cpu, gib, &c.prices, &c.weights),
+        marginal: price(run_seconds, run_cpu, gib, &c.prices, &c.weights),
+    }
 }

@@ -86,7 +86,15 @@ enum ModelAction {
     },
 }
 
+/// When the process started, for the fixed-cost term t0 of the cost report.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn started() -> std::time::Instant {
+    *STARTED.get_or_init(std::time::Instant::now)
+}
+
 fn main() -> ExitCode {
+    started();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),

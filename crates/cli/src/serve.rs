@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -15,7 +15,7 @@ use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::{load_engine, BackendChoice};
 use singlepoint_server::{BatchConfig, ServeConfig, Server};
 
-use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs};
+use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs, CostArgs};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -87,6 +87,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     cache: CacheArgs,
 
+    #[command(flatten)]
+    cost: CostArgs,
+
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
     no_fetch: bool,
@@ -124,7 +127,7 @@ fn repository(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
+    let started = crate::started();
     init_tracing(args.log_format);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut paths = args.model.clone();
@@ -143,6 +146,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             })
             .collect::<anyhow::Result<_>>()?
     };
+    let (prices, weights) = args.cost.resolve()?;
     if args.threads_per_instance == 0 {
         anyhow::bail!("`--threads-per-instance` must be at least 1");
     }
@@ -161,6 +165,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_timeout: args.request_timeout,
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
         shutdown_timeout: args.shutdown_timeout,
+        prices,
+        weights,
     };
     config.validate(&models)?;
     let options = EngineOptions {
@@ -182,7 +188,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("{warning}");
         }
     }
-    let server = Server::start(loaded, cache.clone(), config)?;
+    let server = Server::start(loaded, cache.clone(), config, started.elapsed())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()

@@ -204,9 +204,8 @@ pub struct CostReport {
     /// The run itself: wall seconds and CPU-seconds.
     pub run_seconds: f64,
     pub run_cpu_seconds: f64,
-    /// CPU-seconds per item, and per computed item and per hit where there were any.
+    /// CPU-seconds per item (the run's CPU over n).
     pub cpu_per_item: f64,
-    pub cpu_per_computed_item: Option<f64>,
     pub mean_rss_bytes: u64,
     pub peak_rss_bytes: u64,
     /// Per-item CPU-seconds of each stage (worker threads).
@@ -232,7 +231,7 @@ impl CostReport {
             self.items, self.workers, self.hit_rate
         ));
         s.push_str(&format!(
-            "  t = t0 + run = {:.3} + {:.3} = {:.3} s; r = r0 + run = {:.3} + {:.3} = {:.3} core-s; {:.2} core-ms per item{}\n",
+            "  t = t0 + run = {:.3} + {:.3} = {:.3} s; r = r0 + run = {:.3} + {:.3} = {:.3} core-s; {:.2} core-ms per item\n",
             self.t0,
             self.run_seconds,
             self.total.t,
@@ -240,10 +239,6 @@ impl CostReport {
             self.run_cpu_seconds,
             self.total.r,
             self.cpu_per_item * 1e3,
-            match self.cpu_per_computed_item {
-                Some(c) => format!(" ({:.2} per computed item)", c * 1e3),
-                None => String::new(),
-            }
         ));
         let st = &self.stages;
         s.push_str(&format!(

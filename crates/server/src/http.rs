@@ -103,6 +103,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}/classify", post(classify))
+        .route("/v1/cost", get(cost))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
@@ -124,6 +125,7 @@ pub const ROUTES: &[&str] = &[
     "/v2/models/{name}/versions/{version}/infer",
     "/v1/models",
     "/v1/models/{name}/classify",
+    "/v1/cost",
     "/metrics",
     "/openapi.json",
 ];
@@ -587,6 +589,71 @@ async fn classify_inner(
     .into_response())
 }
 
+/// The server's cost so far, in the terms of docs/cost-model.md.
+pub fn cost_snapshot(state: &AppState) -> Value {
+    let (t0, r0) = state.startup;
+    let uptime = state.ready_at.elapsed().as_secs_f64();
+    let cpu = singlepoint_runtime::cputime::process_cpu_time().as_secs_f64();
+    let (mean_rss, peak_rss) = state.rss.read();
+    let mut items = 0u64;
+    let mut answered_without_model = 0u64;
+    let mut busy = 0.0;
+    let mut workers = 0;
+    let mut models = serde_json::Map::new();
+    for (name, s) in &state.models {
+        let m = s.metrics();
+        let hits = m.cache_hits.load(Ordering::Relaxed);
+        let coalesced = m.coalesced.load(Ordering::Relaxed);
+        let computed = m.items_computed.load(Ordering::Relaxed);
+        let compute = m.compute_seconds.snapshot().sum();
+        let decode = m.decode_seconds.snapshot().sum();
+        items += hits + coalesced + computed;
+        answered_without_model += hits + coalesced;
+        busy += compute;
+        workers += s.config().instances;
+        models.insert(
+            name.clone(),
+            json!({
+                "items": hits + coalesced + computed,
+                "cache_hits": hits,
+                "coalesced": coalesced,
+                "computed": computed,
+                "model_executions": m.executions.load(Ordering::Relaxed),
+                "decode_seconds_per_computed_item": decode / computed.max(1) as f64,
+                "compute_seconds_per_computed_item": compute / computed.max(1) as f64,
+            }),
+        );
+    }
+    let gib = mean_rss as f64 / (1u64 << 30) as f64;
+    let c = &state.config;
+    let total = singlepoint_runtime::cost::price(t0 + uptime, cpu, gib, &c.prices, &c.weights);
+    json!({
+        "n": items,
+        "N": workers,
+        "p": answered_without_model as f64 / items.max(1) as f64,
+        "q": null,
+        "instance_utilization": busy / (workers.max(1) as f64 * uptime.max(1e-9)),
+        "t0": t0,
+        "r0": r0,
+        "uptime_seconds": uptime,
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_item": (cpu - r0).max(0.0) / items.max(1) as f64,
+        "mean_rss_bytes": mean_rss,
+        "peak_rss_bytes": peak_rss,
+        "prices": c.prices,
+        "weights": c.weights,
+        "t": total.t,
+        "r": total.r,
+        "money": total.money,
+        "f": total.f,
+        "models": models,
+    })
+}
+
+async fn cost(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(cost_snapshot(&state))
+}
+
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     state.requests.render(&mut out);
@@ -775,7 +842,35 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             metrics::open_fds() as f64,
         ),
     ];
-    for (name, kind, help, v) in process {
+    let cost = cost_snapshot(&state);
+    let num = |k: &str| cost[k].as_f64().unwrap_or(0.0);
+    let derived: [(&str, &str, &str, f64); 4] = [
+        (
+            "singlepoint_cost_money_total",
+            "counter",
+            "Money spent so far at the configured prices (docs/cost-model.md)",
+            num("money"),
+        ),
+        (
+            "singlepoint_cost_f",
+            "gauge",
+            "f = w_t*t + w_r*money so far",
+            num("f"),
+        ),
+        (
+            "singlepoint_hit_rate",
+            "gauge",
+            "p: items answered without running the model",
+            num("p"),
+        ),
+        (
+            "singlepoint_instance_utilization",
+            "gauge",
+            "Engine-busy seconds over instances x uptime",
+            num("instance_utilization"),
+        ),
+    ];
+    for (name, kind, help, v) in process.into_iter().chain(derived) {
         metrics::header(&mut out, name, kind, help);
         let _ = writeln!(out, "{name} {v}");
     }

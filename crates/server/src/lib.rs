@@ -22,6 +22,7 @@ use std::time::Duration;
 use singlepoint_backend::Engine;
 use singlepoint_cache::ResultCache;
 use singlepoint_model::Model;
+use singlepoint_runtime::cost::{Prices, RssSampler, Weights};
 
 pub use service::{BatchConfig, ModelService};
 
@@ -35,6 +36,8 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// After SIGTERM, how long requests in flight may take before the server exits anyway.
     pub shutdown_timeout: Duration,
+    pub prices: Prices,
+    pub weights: Weights,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +121,10 @@ pub struct AppState {
     pub requests: metrics::RequestMetrics,
     /// Set on SIGTERM: readiness fails and new work is refused with 503.
     pub draining: AtomicBool,
+    /// The fixed costs t0 (seconds) and r0 (CPU-seconds) of starting, measured when ready.
+    pub startup: (f64, f64),
+    pub ready_at: std::time::Instant,
+    pub rss: RssSampler,
 }
 
 /// Models loaded and their threads running, ready to accept connections.
@@ -128,11 +135,14 @@ pub struct Server {
 impl Server {
     /// Starts every model's sessions and threads. Fails on duplicate names or an engine that
     /// cannot make a session.
+    /// `since_start` is how long the process has run before this call (for t0).
     pub fn start(
         models: Vec<(Arc<Model>, Arc<dyn Engine>)>,
         cache: Option<Arc<ResultCache>>,
         config: ServeConfig,
+        since_start: Duration,
     ) -> Result<Server, ServeError> {
+        let began = std::time::Instant::now();
         let list: Vec<Arc<Model>> = models.iter().map(|(m, _)| m.clone()).collect();
         config.validate(&list)?;
         let mut services = BTreeMap::new();
@@ -155,6 +165,12 @@ impl Server {
                 config,
                 requests: metrics::RequestMetrics::default(),
                 draining: AtomicBool::new(false),
+                startup: (
+                    (since_start + began.elapsed()).as_secs_f64(),
+                    singlepoint_runtime::cputime::process_cpu_time().as_secs_f64(),
+                ),
+                ready_at: std::time::Instant::now(),
+                rss: RssSampler::start(Duration::from_secs(1)),
             }),
         })
     }

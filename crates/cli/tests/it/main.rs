@@ -304,3 +304,57 @@ fn no_cache_and_an_unusable_cache_folder_still_classify() {
     let stderr = text(&out.stderr);
     assert_eq!(stderr.matches("memory only").count(), 1, "{stderr}");
 }
+
+#[test]
+fn the_cost_report_prices_a_run_in_the_models_terms() {
+    let cache = tempfile::tempdir().unwrap();
+    let report = cache.path().join("report.json");
+    let report_arg = report.display().to_string();
+    let args = [
+        "classify",
+        "photos/",
+        "--instances",
+        "1",
+        "--threads",
+        "1",
+        "--report",
+        "--report-json",
+        &report_arg,
+        "--price-core-hour",
+        "3.6",
+        "--price-gib-hour",
+        "0",
+    ];
+    let out = singlepoint_with_cache(&args, None, cache.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cost: n = 7 items, N = 1 workers, p = 0.000"),
+        "{stderr}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["items"], 7);
+    assert_eq!(r["parallel_efficiency"], 1.0);
+    let f = |k: &str| r[k].as_f64().unwrap();
+    let total = &r["total"];
+    let t = total["t"].as_f64().unwrap();
+    assert!((t - (f("t0") + f("run_seconds"))).abs() < 1e-9);
+    assert!(f("t0") > 0.0 && f("r0") > 0.0 && f("run_cpu_seconds") > 0.0);
+    // At 3.6 per core-hour and nothing for memory, money is a thousandth of the CPU-seconds.
+    let money = total["money"].as_f64().unwrap();
+    assert!(
+        (money - total["r"].as_f64().unwrap() / 1000.0).abs() < 1e-12,
+        "{money}"
+    );
+    // The default w_t is the core-hour price: f adds t / 1000.
+    assert!((total["f"].as_f64().unwrap() - money - t / 1000.0).abs() < 1e-12);
+    assert!(f("cpu_per_item") > 0.0);
+    assert!(r["stages"]["inference"].as_f64().unwrap() > 0.0);
+
+    // Again: every answer from the cache, p = 1, no model runs.
+    let out = singlepoint_with_cache(&args, None, cache.path());
+    assert!(out.status.success());
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["hit_rate"], 1.0);
+    assert_eq!(r["model_executions"], 0);
+}

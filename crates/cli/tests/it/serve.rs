@@ -813,7 +813,7 @@ fn sigterm_finishes_the_requests_in_flight() {
 
 #[test]
 fn metadata_health_and_openapi_describe_the_server() {
-    let server = Server::start(&["--no-cache"]);
+    let server = Server::start(&["--no-cache", "--instances", "2"]);
     let (status, live) = server.get_json("/v2/health/live");
     assert_eq!((status, live["live"].clone()), (200, json!(true)));
     let (status, meta) = server.get_json("/v2");
@@ -844,8 +844,24 @@ fn metadata_health_and_openapi_describe_the_server() {
     let (status, models) = server.get_json("/v1/models");
     assert_eq!(status, 200);
     assert_eq!(models["models"][0]["name"], MODEL);
+    let reply = server.send(
+        "POST",
+        &format!("/v1/models/{MODEL}/classify"),
+        &[],
+        &photo("china.jpg"),
+    );
+    assert_eq!(reply.status, 200);
+    let (status, cost) = server.get_json("/v1/cost");
+    assert_eq!(status, 200);
+    assert_eq!(cost["n"], 1);
+    assert_eq!(cost["N"], 2);
+    assert_eq!(cost["models"][MODEL]["computed"], 1);
+    assert!(cost["money"].as_f64().unwrap() > 0.0);
+    assert!(cost["t0"].as_f64().unwrap() > 0.0);
     let metrics = text(&server.send("GET", "/metrics", &[], &[]).body);
     for family in [
+        "singlepoint_cost_money_total",
+        "singlepoint_hit_rate",
         "singlepoint_requests_total",
         "singlepoint_request_duration_seconds",
         "singlepoint_queue_seconds",
