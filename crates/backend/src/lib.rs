@@ -24,7 +24,7 @@ use std::sync::Arc;
 use singlepoint_core::{Tensor, TensorSpec};
 
 /// Which engine runs a model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BackendKind {
     Ort,
     Tract,

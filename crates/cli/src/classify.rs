@@ -14,6 +14,7 @@ use singlepoint_cache::{CacheConfig, CacheStats, ResultCache};
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::cost::{price, CostReport, Prices, RssSampler, StageCosts, Weights};
 use singlepoint_runtime::cputime::{peak_rss_bytes, process_cpu_time};
+use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{
     load_engine, BackendChoice, Classifier, InputEntry, Inputs, PipelineConfig, RunStats,
 };
@@ -80,6 +81,11 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     cost: CostArgs,
 
+    /// A configuration written by `singlepoint tune`: its engine, instances, threads and
+    /// batch size apply where no flag sets them
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
     no_fetch: bool,
@@ -99,7 +105,7 @@ enum FormatArg {
 
 /// The batch each engine runs cheapest per image on one single-threaded instance per core
 /// (measured on EfficientNet-Lite0; see bench/results/).
-fn default_batch_size(kind: BackendKind) -> usize {
+pub fn default_batch_size(kind: BackendKind) -> usize {
     match kind {
         BackendKind::Ort => 4,
         BackendKind::Tract => 1,
@@ -170,7 +176,24 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
     })
 }
 
-pub fn run(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+/// Fills the flags a `tune` configuration sets, where the command line left them unset.
+fn apply_config(args: &mut ClassifyArgs) -> anyhow::Result<()> {
+    let Some(path) = &args.config else {
+        return Ok(());
+    };
+    let c = RunConfig::load(path).map_err(anyhow::Error::msg)?.candidate;
+    if args.backend == BackendChoice::Auto {
+        args.backend = BackendChoice::Only(c.backend);
+    }
+    args.instances.get_or_insert(c.instances);
+    args.threads
+        .get_or_insert(c.instances * c.threads_per_instance);
+    args.batch_size.get_or_insert(c.batch_size);
+    Ok(())
+}
+
+pub fn run(mut args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+    apply_config(&mut args)?;
     let mut settings = validate(&args)?;
     let model = Arc::new(load_model(args.model.as_deref())?);
     let loaded = load_engine(&model, args.backend, settings.engine, !args.no_fetch)

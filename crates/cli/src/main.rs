@@ -6,6 +6,7 @@ mod cache_args;
 mod classify;
 mod output;
 mod serve;
+mod tune;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
     /// Serve models over HTTP: Open Inference Protocol v2 (KServe/Triton REST) and
     /// POST /v1/models/{name}/classify for images; GET /openapi.json lists every endpoint
     Serve(serve::ServeArgs),
+    /// Find the cheapest configuration (engine, instances, threads, batch size) for a model
+    /// and a sample of your workload, under latency, throughput and memory constraints
+    Tune(tune::TuneArgs),
     /// Manage the ONNX Runtime library that the fast engine loads
     Runtime {
         #[command(subcommand)]
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Tune(args) => tune::run(args),
         Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
         Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
         Command::Cache {

@@ -12,6 +12,7 @@ use clap::Args;
 use singlepoint_backend::EngineOptions;
 use singlepoint_cache::ResultCache;
 use singlepoint_model::{DecodeLimits, Model};
+use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{load_engine, BackendChoice};
 use singlepoint_server::{BatchConfig, ServeConfig, Server};
 
@@ -44,13 +45,18 @@ pub struct ServeArgs {
     #[arg(long)]
     instances: Option<usize>,
 
-    /// Intra-op threads of each instance
-    #[arg(long, default_value_t = 1)]
-    threads_per_instance: usize,
+    /// Intra-op threads of each instance (default 1)
+    #[arg(long)]
+    threads_per_instance: Option<usize>,
 
-    /// Most items in one engine run
-    #[arg(long, default_value_t = 8)]
-    max_batch_size: usize,
+    /// Most items in one engine run (default 8)
+    #[arg(long)]
+    max_batch_size: Option<usize>,
+
+    /// A configuration written by `singlepoint tune`: its engine, instances, threads per
+    /// instance and batch size (as the max batch size) apply where no flag sets them
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 
     /// How long the oldest item of a forming batch may wait for more: `0`, `2ms`, ...
     #[arg(long, default_value = "2ms", value_parser = parse_delay, value_name = "DELAY")]
@@ -126,7 +132,18 @@ fn repository(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.config {
+        let c = RunConfig::load(path).map_err(anyhow::Error::msg)?.candidate;
+        if args.backend == BackendChoice::Auto {
+            args.backend = BackendChoice::Only(c.backend);
+        }
+        args.instances.get_or_insert(c.instances);
+        args.threads_per_instance
+            .get_or_insert(c.threads_per_instance);
+        args.max_batch_size.get_or_insert(c.batch_size);
+    }
+    let threads_per_instance = args.threads_per_instance.unwrap_or(1);
     let started = crate::started();
     init_tracing(args.log_format);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -147,13 +164,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .collect::<anyhow::Result<_>>()?
     };
     let (prices, weights) = args.cost.resolve()?;
-    if args.threads_per_instance == 0 {
+    if threads_per_instance == 0 {
         anyhow::bail!("`--threads-per-instance` must be at least 1");
     }
     let config = ServeConfig {
         batch: BatchConfig {
             instances: args.instances.unwrap_or(cores),
-            max_batch_size: args.max_batch_size,
+            max_batch_size: args.max_batch_size.unwrap_or(8),
             max_queue_delay: args.max_queue_delay,
             preferred_batch_sizes: args.preferred_batch_sizes.clone(),
             decode_workers: args.decode_workers.unwrap_or(cores),
@@ -170,7 +187,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     config.validate(&models)?;
     let options = EngineOptions {
-        threads_per_session: args.threads_per_instance,
+        threads_per_session: threads_per_instance,
         ..EngineOptions::default()
     };
     let mut loaded = Vec::new();

@@ -324,6 +324,7 @@ mod tests {
         let (t4, r4) = m.predict(100.0, 1.0, 0.9, 1.0);
         assert!(t2 < t1 && close(r1, r2));
         assert!(close(t3, t1), "q = 0.5 on 2 workers is no faster than 1");
+        assert!(close(r3, r1), "parallelism never saves resources");
         assert!(t4 < t1 && r4 < r1);
     }
 

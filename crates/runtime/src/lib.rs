@@ -10,6 +10,7 @@ pub mod cputime;
 pub mod engine;
 pub mod inputs;
 pub mod pipeline;
+pub mod tune;
 
 pub use engine::{ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine};
 pub use inputs::{InputEntry, Inputs};

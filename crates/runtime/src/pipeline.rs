@@ -163,6 +163,9 @@ pub struct RunStats {
     pub postprocess: Duration,
     /// From the first input to the last result, engine sessions already created.
     pub wall: Duration,
+    /// Wall time of each batch on its worker, with its size: an item's latency in the
+    /// pipeline is its batch's (the tuner's latency measure).
+    pub batch_walls: Vec<(Duration, usize)>,
 }
 
 impl RunStats {
@@ -179,6 +182,7 @@ impl RunStats {
         self.preprocess += other.preprocess;
         self.inference += other.inference;
         self.postprocess += other.postprocess;
+        self.batch_walls.extend_from_slice(&other.batch_walls);
     }
 }
 
@@ -343,6 +347,7 @@ impl Classifier {
         let item_shape = self.model.manifest.preprocess.item_shape();
         let mut buffer: Vec<f32> = Vec::new();
         for (seq, batch) in batches.iter() {
+            let batch_started = Instant::now();
             let mut stats = RunStats {
                 items: batch.len(),
                 batches: 1,
@@ -475,6 +480,9 @@ impl Classifier {
                 .iter()
                 .filter(|p| p.follow.is_none() && p.result.outcome.is_err())
                 .count();
+            stats
+                .batch_walls
+                .push((batch_started.elapsed(), items.len()));
             if results.send((seq, items, stats)).is_err() {
                 return;
             }

@@ -358,3 +358,78 @@ fn the_cost_report_prices_a_run_in_the_models_terms() {
     assert_eq!(r["hit_rate"], 1.0);
     assert_eq!(r["model_executions"], 0);
 }
+
+#[test]
+fn tune_writes_a_config_that_classify_and_serve_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tuned.json");
+    let out_arg = out.display().to_string();
+    let run = singlepoint(
+        &[
+            "tune",
+            "photos/",
+            "--batch-sizes",
+            "1,2",
+            "--threads",
+            "2",
+            "--sample",
+            "8",
+            "--budget",
+            "60s",
+            "--slo-p99",
+            "10s",
+            "--out",
+            &out_arg,
+        ],
+        None,
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let table = text(&run.stdout);
+    // 3 splits of 2 threads x 2 batch sizes, plus the default (batch 4).
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 7, "{table}");
+    assert_eq!(
+        rows.iter().filter(|r| r.contains("chosen")).count(),
+        1,
+        "{table}"
+    );
+    assert!(rows.iter().any(|r| r.contains("default")), "{table}");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let batch = config["batch_size"].as_u64().unwrap();
+    let instances = config["instances"].as_u64().unwrap();
+    assert!(config["chosen_by"]["f"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("Pareto"));
+
+    // classify --config runs with the chosen batch size and instances.
+    let run = singlepoint(
+        &["classify", "photos/", "--no-cache", "--config", &out_arg],
+        None,
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let stderr = text(&run.stderr);
+    assert!(
+        stderr.contains(&format!("{instances} instance(s)"))
+            && stderr.contains(&format!("batch {batch};")),
+        "{stderr}"
+    );
+
+    // An impossible constraint: nothing is chosen, the exit code says so.
+    let run = singlepoint(
+        &[
+            "tune",
+            "photos/",
+            "--batch-sizes",
+            "1",
+            "--sample",
+            "4",
+            "--min-throughput",
+            "1000000",
+            "--out",
+            &out_arg,
+        ],
+        None,
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run.stderr));
+    assert!(text(&run.stdout).contains("under the floor"));
+}

@@ -877,6 +877,27 @@ fn metadata_health_and_openapi_describe_the_server() {
 }
 
 #[test]
+fn serve_takes_its_batching_from_a_tuned_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tuned.json");
+    std::fs::write(
+        &config,
+        r#"{"backend":"ort","instances":1,"threads_per_instance":2,"batch_size":3}"#,
+    )
+    .unwrap();
+    let path = config.display().to_string();
+    let server = Server::start(&["--no-cache", "--config", &path]);
+    let (_, models) = server.get_json("/v1/models");
+    assert_eq!(models["models"][0]["instances"], 1);
+    assert_eq!(models["models"][0]["max_batch_size"], 3);
+    drop(server);
+    // A flag beats the file.
+    let server = Server::start(&["--no-cache", "--config", &path, "--max-batch-size", "5"]);
+    let (_, models) = server.get_json("/v1/models");
+    assert_eq!(models["models"][0]["max_batch_size"], 5);
+}
+
+#[test]
 fn a_model_repository_serves_each_model_and_refuses_a_bad_one() {
     let repo_dir = tempfile::tempdir().unwrap();
     let digits = repo_dir.path().join("digits");

@@ -1,0 +1,274 @@
+//! `singlepoint tune`: flags → search space, constraints and budget → the real pipeline on a
+//! sample → a table, a config file for `--config`, and the Pareto front as SVG.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use singlepoint_backend::BackendKind;
+use singlepoint_runtime::tune::{
+    pareto_front, pareto_svg, tune, Candidate, Constraints, RunConfig, Search, Space, TuneSettings,
+};
+use singlepoint_runtime::{InputEntry, Inputs};
+
+use crate::cache_args::{parse_duration, parse_size, CostArgs};
+use crate::classify::{default_batch_size, load_model};
+
+#[derive(Args)]
+pub struct TuneArgs {
+    /// The sample workload: images, folders or glob patterns, as `classify` takes them
+    #[arg(required = true)]
+    inputs: Vec<String>,
+
+    /// Model folder or model.json (default: the bundled EfficientNet-Lite0)
+    #[arg(long, env = "SINGLEPOINT_MODEL")]
+    model: Option<PathBuf>,
+
+    /// Engines to try, comma-separated: ort, tract
+    #[arg(long, value_delimiter = ',', default_value = "ort")]
+    backends: Vec<BackendKind>,
+
+    /// Batch sizes to try, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    batch_sizes: Vec<usize>,
+
+    /// Threads in all that a configuration may use (default: every core); instances and
+    /// threads per instance are tried in every split of it
+    #[arg(long)]
+    threads: Option<usize>,
+
+    /// Images of the workload each measurement classifies (the first ones)
+    #[arg(long, default_value_t = 64)]
+    sample: usize,
+
+    /// Items of the workload f is computed for (default: every input given)
+    #[arg(long)]
+    workload_items: Option<usize>,
+
+    /// Stop searching after this long: `90s`, `5m`
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    budget: Duration,
+
+    /// `halving`: measure all, re-measure the better half until two remain; `exhaustive`:
+    /// measure all `--rounds` times; `descent`: from the default, one coordinate at a time
+    #[arg(long, value_enum, default_value_t = SearchArg::Halving)]
+    search: SearchArg,
+
+    /// Measurements per candidate with `--search exhaustive`
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+
+    /// Constraint: p99 item latency at most this (`250ms`, `2s`)
+    #[arg(long, value_parser = parse_duration, value_name = "TIME")]
+    slo_p99: Option<Duration>,
+
+    /// Constraint: throughput at least this many items per second
+    #[arg(long, value_name = "ITEMS_PER_S")]
+    min_throughput: Option<f64>,
+
+    /// Constraint: mean RSS at most this (`1GiB`)
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    max_rss: Option<u64>,
+
+    /// Where to write the chosen configuration (read by `classify --config`, `serve --config`)
+    #[arg(long, default_value = "singlepoint-tuned.json")]
+    out: PathBuf,
+
+    /// Where to draw the latency–throughput–cost Pareto front (default: next to --out, .svg)
+    #[arg(long)]
+    svg: Option<PathBuf>,
+
+    #[command(flatten)]
+    cost: CostArgs,
+
+    /// Never download ONNX Runtime
+    #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
+    no_fetch: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SearchArg {
+    Halving,
+    Exhaustive,
+    Descent,
+}
+
+pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = args.threads.unwrap_or(cores);
+    if threads == 0 || args.sample == 0 || args.backends.is_empty() {
+        anyhow::bail!("`--threads`, `--sample` and `--backends` must not be zero or empty");
+    }
+    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
+        anyhow::bail!("`--batch-sizes` must be at least 1 (got {b})");
+    }
+    let (prices, weights) = args.cost.resolve()?;
+    let model = Arc::new(load_model(args.model.as_deref())?);
+    let entries: Vec<InputEntry> = Inputs::new(args.inputs.clone(), None).collect();
+    let sample: Vec<InputEntry> = entries
+        .iter()
+        .filter(|e| e.problem.is_none())
+        .take(args.sample)
+        .cloned()
+        .collect();
+    if sample.is_empty() {
+        anyhow::bail!("no readable inputs among {}", args.inputs.join(", "));
+    }
+    let mut batch_sizes = args.batch_sizes.clone();
+    if let Some(max) = model.manifest.max_batch() {
+        batch_sizes.retain(|&b| b <= max);
+    }
+    batch_sizes.sort_unstable();
+    batch_sizes.dedup();
+    let default = Candidate {
+        backend: args.backends[0],
+        instances: threads,
+        threads_per_instance: 1,
+        batch_size: default_batch_size(args.backends[0]),
+    };
+    let settings = TuneSettings {
+        space: Space {
+            backends: args.backends.clone(),
+            instances: (1..=threads).collect(),
+            threads_per_instance: (1..=threads).collect(),
+            batch_sizes,
+            max_threads: threads,
+        },
+        default,
+        search: match args.search {
+            SearchArg::Halving => Search::Halving,
+            SearchArg::Exhaustive => Search::Exhaustive {
+                rounds: args.rounds,
+            },
+            SearchArg::Descent => Search::Descent,
+        },
+        constraints: Constraints {
+            slo_p99: args.slo_p99.map(|d| d.as_secs_f64()),
+            min_throughput: args.min_throughput,
+            max_rss: args.max_rss,
+        },
+        workload_items: args.workload_items.unwrap_or(entries.len()),
+        prices,
+        weights,
+        budget: args.budget,
+        allow_fetch: !args.no_fetch,
+    };
+    eprintln!(
+        "tuning {} on {} sample images for a workload of {} items: {} candidates, budget {:?}",
+        model.manifest.name,
+        sample.len(),
+        settings.workload_items,
+        settings.space.candidates().len(),
+        args.budget
+    );
+    let result = tune(model.clone(), &sample, &settings)?;
+    let mut trials: Vec<_> = result.trials.iter().collect();
+    trials.sort_by(|a, b| {
+        a.infeasible
+            .is_some()
+            .cmp(&b.infeasible.is_some())
+            .then(a.cost.f.total_cmp(&b.cost.f))
+    });
+    let front = pareto_front(&result.trials);
+    println!(
+        "{:<24} {:>8} {:>8} {:>10} {:>8} {:>12} {:>5}  note",
+        "candidate", "items/s", "p99 ms", "core-ms/it", "RSS MiB", "f", "runs"
+    );
+    for t in &trials {
+        let mut notes = Vec::new();
+        if Some(t.candidate) == result.best {
+            notes.push("chosen".to_string());
+        }
+        if t.candidate == default {
+            notes.push("default".into());
+        }
+        if front.contains(&t.candidate) {
+            notes.push("pareto".into());
+        }
+        if let Some(why) = &t.infeasible {
+            notes.push(why.clone());
+        }
+        println!(
+            "{:<24} {:>8.1} {:>8.1} {:>10.2} {:>8} {:>12.4e} {:>5}  {}",
+            t.candidate.to_string(),
+            t.throughput,
+            t.p99_latency * 1e3,
+            t.cpu_per_item * 1e3,
+            t.mean_rss >> 20,
+            t.cost.f,
+            t.samples.len(),
+            notes.join(", ")
+        );
+    }
+    let svg_path = args
+        .svg
+        .clone()
+        .unwrap_or_else(|| args.out.with_extension("svg"));
+    std::fs::write(&svg_path, pareto_svg(&result.trials, result.best, default))
+        .with_context(|| format!("cannot write `{}`", svg_path.display()))?;
+    let default_trial = result.trial(&default);
+    let Some(best) = result.best else {
+        eprintln!(
+            "no candidate met the constraints in {:.0} s; the table says why (Pareto front drawn in `{}`)",
+            result.elapsed.as_secs_f64(),
+            svg_path.display()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let best_trial = result.trial(&best).expect("the best was measured");
+    let versus = default_trial.map(|d| {
+        let gain = 1.0 - best_trial.cost.f / d.cost.f;
+        format!(
+            "default {default}: f = {:.4e}; the chosen one is {:.1} % lower{}",
+            d.cost.f,
+            gain * 100.0,
+            match &d.infeasible {
+                Some(why) => format!(" (the default breaks a constraint: {why})"),
+                None => String::new(),
+            }
+        )
+    });
+    let config = RunConfig {
+        candidate: best,
+        chosen_by: json!({
+            "f": best_trial.cost.f,
+            "money": best_trial.cost.money,
+            "throughput": best_trial.throughput,
+            "p99_latency_seconds": best_trial.p99_latency,
+            "cpu_seconds_per_item": best_trial.cpu_per_item,
+            "workload_items": settings.workload_items,
+            "sample_items": sample.len(),
+            "constraints": settings.constraints,
+            "prices": prices,
+            "weights": weights,
+            "default_f": default_trial.map(|d| d.cost.f),
+            "model_digest": model.digest.to_hex(),
+        }),
+    };
+    std::fs::write(&args.out, serde_json::to_string_pretty(&config)? + "\n")
+        .with_context(|| format!("cannot write `{}`", args.out.display()))?;
+    eprintln!(
+        "chose {best}: f = {:.4e}, {:.1} items/s, p99 {:.0} ms; {}",
+        best_trial.cost.f,
+        best_trial.throughput,
+        best_trial.p99_latency * 1e3,
+        versus.unwrap_or_default()
+    );
+    eprintln!(
+        "{} trials in {:.0} s{}; wrote `{}` (use with --config) and `{}`",
+        result.trials.iter().map(|t| t.samples.len()).sum::<usize>(),
+        result.elapsed.as_secs_f64(),
+        if result.budget_spent {
+            " (budget spent)"
+        } else {
+            ""
+        },
+        args.out.display(),
+        svg_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
