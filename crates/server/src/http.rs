@@ -109,7 +109,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_declared_oversize,
+        ))
         .with_state(state)
+}
+
+/// A body whose Content-Length is over the limit is refused from its headers, before any of it
+/// is read (a client sending `Expect: 100-continue` never uploads it). Bodies without a length
+/// are cut off by the body limit as they arrive.
+async fn refuse_declared_oversize(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = state.config.max_body_bytes;
+    match declared {
+        Some(n) if n > limit as u64 => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is larger than the server's limit (--max-body): {n} bytes declared, {limit} allowed"
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Every route, as `openapi.json` must describe it (checked by a test).
@@ -337,12 +367,8 @@ async fn run_items(
             ),
         ));
     }
-    if state.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        ));
-    }
+    // While draining, requests that reached a handler are in flight and are answered: the
+    // listener takes no new connections and readiness already says 503.
     let (until, until_tokio) = deadline(state);
     let tickets: Vec<Ticket> = items
         .into_iter()
@@ -485,20 +511,6 @@ async fn classify_inner(
     query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> ApiResult {
-    let service = find_model(state, params)?;
-    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let n_classes = service
-        .output()
-        .shape
-        .last()
-        .and_then(|d| d.fixed())
-        .unwrap_or(usize::MAX);
-    let top_k = query.top_k.unwrap_or(5);
-    if top_k == 0 || top_k > n_classes {
-        return Err(ApiError::bad_request(format!(
-            "top_k must be from 1 to {n_classes}"
-        )));
-    }
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -537,6 +549,22 @@ async fn classify_inner(
             }
             vec![("body".to_string(), body)]
         };
+    // The body is read before the request is judged, so that a client uploading a large
+    // body gets the answer rather than a connection closed under it.
+    let service = find_model(state, params)?;
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let n_classes = service
+        .output()
+        .shape
+        .last()
+        .and_then(|d| d.fixed())
+        .unwrap_or(usize::MAX);
+    let top_k = query.top_k.unwrap_or(5);
+    if top_k == 0 || top_k > n_classes {
+        return Err(ApiError::bad_request(format!(
+            "top_k must be from 1 to {n_classes}"
+        )));
+    }
     let (names, items): (Vec<String>, Vec<ItemInput>) = files
         .into_iter()
         .map(|(n, b)| (n, ItemInput::Image(b)))

@@ -119,7 +119,7 @@ pub struct AppState {
     pub cache: Option<Arc<ResultCache>>,
     pub config: ServeConfig,
     pub requests: metrics::RequestMetrics,
-    /// Set on SIGTERM: readiness fails and new work is refused with 503.
+    /// Set on SIGTERM: readiness fails; requests already received are still answered.
     pub draining: AtomicBool,
     /// The fixed costs t0 (seconds) and r0 (CPU-seconds) of starting, measured when ready.
     pub startup: (f64, f64),
