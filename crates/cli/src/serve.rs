@@ -62,6 +62,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "2ms", value_parser = parse_delay, value_name = "DELAY")]
     max_queue_delay: Duration,
 
+    /// Adapt batch size (up to --max-batch-size) and queue delay to the load online, holding
+    /// the p99 item latency under this target (`250ms`); off: both fixed
+    #[arg(long, value_parser = parse_duration, value_name = "TIME")]
+    latency_target: Option<Duration>,
+
     /// Batch sizes that go at once when nothing more is waiting, comma-separated (e.g. 4,8)
     #[arg(long, value_delimiter = ',', value_name = "SIZES")]
     preferred_batch_sizes: Vec<usize>,
@@ -178,6 +183,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             limits: DecodeLimits {
                 max_pixels: args.max_pixels,
             },
+            latency_target: args.latency_target,
         },
         request_timeout: args.request_timeout,
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),

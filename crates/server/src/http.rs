@@ -782,6 +782,59 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         "Engine instances running a batch now",
         models.iter().map(|(n, s)| (*n, s.busy_instances() as f64)),
     );
+    let adaptive: Vec<(&str, crate::adaptive::Snapshot)> = models
+        .iter()
+        .filter_map(|(n, s)| s.adaptive().map(|a| (*n, a.snapshot())))
+        .collect();
+    if !adaptive.is_empty() {
+        type Field = fn(&crate::adaptive::Snapshot) -> f64;
+        let fields: [(&str, &str, Field); 7] = [
+            (
+                "singlepoint_adaptive_max_batch",
+                "Batch cap the online controller allows now",
+                |a| a.max_batch as f64,
+            ),
+            (
+                "singlepoint_adaptive_queue_delay_seconds",
+                "Queue delay the online controller allows now",
+                |a| a.delay,
+            ),
+            (
+                "singlepoint_latency_target_seconds",
+                "The p99 item latency target (--latency-target)",
+                |a| a.target,
+            ),
+            (
+                "singlepoint_item_latency_p99_seconds",
+                "p99 of admission-to-answer over the last 512 items",
+                |a| a.p99,
+            ),
+            (
+                "singlepoint_arrival_rate",
+                "Admitted items per second (smoothed)",
+                |a| a.arrival_rate,
+            ),
+            (
+                "singlepoint_latency_model_slope_seconds",
+                "a in compute = a*batch + b, fitted online",
+                |a| a.fit.map_or(f64::NAN, |f| f.0),
+            ),
+            (
+                "singlepoint_latency_model_intercept_seconds",
+                "b in compute = a*batch + b, fitted online",
+                |a| a.fit.map_or(f64::NAN, |f| f.1),
+            ),
+        ];
+        for (name, help, field) in fields {
+            render_model_values(
+                &mut out,
+                name,
+                "gauge",
+                help,
+                adaptive.iter().map(|(n, a)| (*n, field(a))),
+            );
+        }
+    }
     render_model_values(
         &mut out,
         "singlepoint_queue_depth",

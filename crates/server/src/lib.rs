@@ -8,6 +8,7 @@
 //! - [`http`]: routes, handlers, errors as `{"error": ...}`, the metrics exposition.
 //! - [`metrics`]: Prometheus counters and histograms.
 
+pub mod adaptive;
 pub mod http;
 pub mod metrics;
 pub mod oip;
@@ -89,6 +90,9 @@ impl ServeConfig {
         }
         if b.limits.max_pixels == 0 {
             return bad("max-pixels", "must be at least 1");
+        }
+        if b.latency_target.is_some_and(|t| t.is_zero()) {
+            return bad("latency-target", "must be positive");
         }
         if self.request_timeout.is_zero() {
             return bad("request-timeout", "must be positive");

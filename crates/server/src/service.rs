@@ -33,6 +33,7 @@ use singlepoint_core::{Tensor, TensorSpec};
 use singlepoint_model::{decode_rgb, DecodeLimits, Model, Preprocessor};
 use tokio::sync::oneshot;
 
+use crate::adaptive::Adaptive;
 use crate::metrics::ModelMetrics;
 
 /// How one model is batched and run. Validated by [`crate::ServeConfig::validate`].
@@ -51,6 +52,9 @@ pub struct BatchConfig {
     /// Items admitted and not yet answered; beyond this, requests are refused with 429.
     pub max_queue: usize,
     pub limits: DecodeLimits,
+    /// With a target, batch size (up to `max_batch_size`) and queue delay follow the load
+    /// online ([`crate::adaptive`]); without, they are fixed.
+    pub latency_target: Option<Duration>,
 }
 
 /// Why an item has no answer. Cloned to every request waiting for the same computation.
@@ -157,6 +161,7 @@ struct Job {
 
 struct Prepared {
     key: CacheKey,
+    admitted: Instant,
     /// When it entered the batch queue.
     queued: Instant,
     deadline: Instant,
@@ -174,6 +179,7 @@ struct Shared {
     busy: AtomicI64,
     metrics: ModelMetrics,
     config: BatchConfig,
+    adaptive: Option<Adaptive>,
 }
 
 /// A model being served.
@@ -206,6 +212,9 @@ impl ModelService {
             busy: AtomicI64::new(0),
             metrics: ModelMetrics::default(),
             config: config.clone(),
+            adaptive: config
+                .latency_target
+                .map(|t| Adaptive::new(t, config.max_batch_size)),
         });
         // Admission bounds what is queued; the channels themselves need no bound.
         let (decode_tx, decode_rx) = unbounded::<Job>();
@@ -270,6 +279,11 @@ impl ModelService {
 
     pub fn metrics(&self) -> &ModelMetrics {
         &self.shared.metrics
+    }
+
+    /// The online batching controller, when `--latency-target` is set.
+    pub fn adaptive(&self) -> Option<&Adaptive> {
+        self.shared.adaptive.as_ref()
     }
 
     /// Items admitted and not yet answered.
@@ -345,6 +359,9 @@ impl ModelService {
             );
             return Ticket::Waiting(rx, Source::Computed);
         }
+        if let Some(a) = &shared.adaptive {
+            a.arrived();
+        }
         let job = Job {
             key,
             admitted: Instant::now(),
@@ -356,6 +373,7 @@ impl ModelService {
             ItemInput::Tensor(data) => lock_clone(&self.batch_tx).map(|tx| {
                 tx.send(Prepared {
                     key: job.key,
+                    admitted: job.admitted,
                     queued: job.admitted,
                     deadline: job.deadline,
                     data,
@@ -475,6 +493,7 @@ fn run_decoder(shared: &Shared, jobs: &Receiver<Job>, batches: &Sender<Prepared>
         }
         let prepared = Prepared {
             key: job.key,
+            admitted: job.admitted,
             queued: Instant::now(),
             deadline: job.deadline,
             data,
@@ -501,37 +520,63 @@ fn expired() -> Failure {
     )
 }
 
-/// Takes the next batch: blocks for the first item, then gathers more until the batch is full,
-/// the oldest item has waited `max_queue_delay`, or the batch has a preferred size and nothing
+/// A batch as taken from the queue, and how it closed.
+struct Taken {
+    items: Vec<Prepared>,
+    /// The delay ran out (rather than the batch filling or reaching a preferred size).
+    waited_out: bool,
+    /// Items that arrived while it waited.
+    gained: usize,
+}
+
+/// Takes the next batch: blocks for the first item, then gathers more until the batch holds
+/// `max` items, the oldest has waited `delay`, or the batch has a preferred size and nothing
 /// more is waiting. `None` when the queue is closed and empty.
-fn next_batch(rx: &Receiver<Prepared>, config: &BatchConfig) -> Option<Vec<Prepared>> {
+fn next_batch(
+    rx: &Receiver<Prepared>,
+    max: usize,
+    delay: Duration,
+    preferred: &[usize],
+) -> Option<Taken> {
     let first = rx.recv().ok()?;
     // Measured from the oldest item's arrival: one that waited behind busy instances goes now.
-    let until = first.queued + config.max_queue_delay;
-    let mut batch = Vec::with_capacity(config.max_batch_size);
-    batch.push(first);
-    while batch.len() < config.max_batch_size {
+    let until = first.queued + delay;
+    let mut taken = Taken {
+        items: Vec::with_capacity(max),
+        waited_out: false,
+        gained: 0,
+    };
+    taken.items.push(first);
+    while taken.items.len() < max {
         match rx.try_recv() {
             Ok(item) => {
-                batch.push(item);
+                taken.items.push(item);
                 continue;
             }
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {}
         }
-        if config.preferred_batch_sizes.contains(&batch.len()) {
+        if preferred.contains(&taken.items.len()) {
             break;
         }
         let now = Instant::now();
         if now >= until {
+            taken.waited_out = !delay.is_zero();
             break;
         }
         match rx.recv_timeout(until - now) {
-            Ok(item) => batch.push(item),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            Ok(item) => {
+                taken.items.push(item);
+                taken.gained += 1;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                taken.waited_out = true;
+                break;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    Some(batch)
+    Some(taken)
 }
 
 fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Prepared>) {
@@ -539,7 +584,19 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
     let item_shape = manifest.preprocess.item_shape();
     let item_len: usize = item_shape.iter().product();
     let mut buffer: Vec<f32> = Vec::new();
-    while let Some(batch) = next_batch(rx, &shared.config) {
+    let config = &shared.config;
+    loop {
+        let (max, delay) = match &shared.adaptive {
+            Some(a) => a.settings(),
+            None => (config.max_batch_size, config.max_queue_delay),
+        };
+        let Some(taken) = next_batch(rx, max, delay, &config.preferred_batch_sizes) else {
+            break;
+        };
+        if let Some(a) = &shared.adaptive {
+            a.observe_wait(taken.waited_out, taken.gained);
+        }
+        let batch = taken.items;
         let now = Instant::now();
         let (batch, late): (Vec<Prepared>, Vec<Prepared>) =
             batch.into_iter().partition(|p| p.deadline > now);
@@ -619,6 +676,9 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
         }
         for (p, outcome) in batch.iter().zip(outcomes) {
             finish(shared, &p.key, outcome, true);
+            if let Some(a) = &shared.adaptive {
+                a.observe_latency(p.admitted.elapsed().as_secs_f64());
+            }
         }
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
@@ -631,10 +691,21 @@ mod tests {
     fn item(queued: Instant) -> Prepared {
         Prepared {
             key: CacheKey([0; 32]),
+            admitted: queued,
             queued,
             deadline: queued + Duration::from_secs(10),
             data: Vec::new(),
         }
+    }
+
+    fn take(rx: &Receiver<Prepared>, c: &BatchConfig) -> Option<Vec<Prepared>> {
+        next_batch(
+            rx,
+            c.max_batch_size,
+            c.max_queue_delay,
+            &c.preferred_batch_sizes,
+        )
+        .map(|t| t.items)
     }
 
     fn config(max: usize, delay_ms: u64, preferred: Vec<usize>) -> BatchConfig {
@@ -646,6 +717,7 @@ mod tests {
             decode_workers: 1,
             max_queue: 10,
             limits: DecodeLimits::default(),
+            latency_target: None,
         }
     }
 
@@ -656,10 +728,10 @@ mod tests {
             tx.send(item(Instant::now())).unwrap();
         }
         let c = config(4, 0, vec![]);
-        assert_eq!(next_batch(&rx, &c).unwrap().len(), 4);
-        assert_eq!(next_batch(&rx, &c).unwrap().len(), 1);
+        assert_eq!(take(&rx, &c).unwrap().len(), 4);
+        assert_eq!(take(&rx, &c).unwrap().len(), 1);
         drop(tx);
-        assert!(next_batch(&rx, &c).is_none());
+        assert!(take(&rx, &c).is_none());
     }
 
     #[test]
@@ -672,7 +744,7 @@ mod tests {
             tx
         });
         let t0 = Instant::now();
-        let batch = next_batch(&rx, &config(2, 5000, vec![])).unwrap();
+        let batch = take(&rx, &config(2, 5000, vec![])).unwrap();
         assert_eq!(batch.len(), 2, "the second item arrived within the delay");
         // A full batch goes without waiting out the delay.
         assert!(t0.elapsed() < Duration::from_millis(4000));
@@ -685,7 +757,7 @@ mod tests {
         tx.send(item(Instant::now())).unwrap();
         tx.send(item(Instant::now())).unwrap();
         let t0 = Instant::now();
-        let batch = next_batch(&rx, &config(8, 2000, vec![2])).unwrap();
+        let batch = take(&rx, &config(8, 2000, vec![2])).unwrap();
         assert_eq!(batch.len(), 2);
         assert!(
             t0.elapsed() < Duration::from_millis(1000),

@@ -947,3 +947,95 @@ fn a_model_repository_serves_each_model_and_refuses_a_bad_one() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("model.json"), "{stderr}");
 }
+
+/// Closed-loop clients sending distinct tensors for `seconds`; returns each request's latency.
+fn drive(server: &Server, clients: usize, seconds: f64, seed: u64) -> Vec<f64> {
+    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients as u64)
+            .map(|c| {
+                s.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut i = 0;
+                    while Instant::now() < stop {
+                        let (len, body) = random_tensor_body(seed + c * 100_000 + i);
+                        i += 1;
+                        let t0 = Instant::now();
+                        let r = server.send(
+                            "POST",
+                            &format!("/v2/models/{MODEL}/infer"),
+                            &[("Inference-Header-Content-Length", &len)],
+                            &body,
+                        );
+                        assert_eq!(r.status, 200, "{}", text(&r.body));
+                        latencies.push(t0.elapsed().as_secs_f64());
+                    }
+                    latencies
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+#[test]
+fn the_batcher_adapts_to_a_step_in_load_and_back() {
+    // Target 400 ms; the stated margin: each phase's p99 stays under 1.5 x the target.
+    let target = 0.4;
+    let server = Server::start(&[
+        "--no-cache",
+        "--instances",
+        "1",
+        "--max-batch-size",
+        "16",
+        "--latency-target",
+        "400ms",
+    ]);
+    let delay = || server.metric("singlepoint_adaptive_queue_delay_seconds", MODEL);
+    let batches = || {
+        (
+            server.metric("singlepoint_batch_size_sum", MODEL),
+            server.metric("singlepoint_batch_size_count", MODEL),
+        )
+    };
+    let cap = || server.metric("singlepoint_adaptive_max_batch", MODEL);
+    // Low: one client at a time. Batches of one, and no waiting (a wait would gain nothing).
+    let low = drive(&server, 1, 1.5, 1);
+    assert_eq!(delay(), 0.0, "no delay under a lone client");
+    let (s0, c0) = batches();
+    assert!(s0 / c0 < 1.2, "batches of one under a lone client");
+    // High: eight clients. The fitted model (compute = a·batch + b) allows batches of up to
+    // what fits in half the target, and batches grow to take what is queued.
+    let high = drive(&server, 8, 3.0, 2);
+    let (s1, c1) = batches();
+    let high_mean_batch = (s1 - s0) / (c1 - c0);
+    assert!(
+        high_mean_batch > 2.0,
+        "mean batch {high_mean_batch} under load"
+    );
+    let high_cap = cap();
+    assert!(
+        high_cap >= 8.0,
+        "the cap {high_cap} admits the eight queued items"
+    );
+    // Low again: batches fall back to one and the delay stays at zero.
+    let low_again = drive(&server, 1, 3.0, 3);
+    assert_eq!(delay(), 0.0);
+    let (s2, c2) = batches();
+    assert!((s2 - s1) / (c2 - c1) < 1.5, "batches shrank again");
+    for (phase, latencies) in [("low", low), ("high", high), ("low again", low_again)] {
+        let p = p99(latencies);
+        assert!(
+            p <= 1.5 * target,
+            "{phase}: p99 {p} s over 1.5 x the target"
+        );
+    }
+}
