@@ -8,9 +8,10 @@
 //!   other half is for queueing and decoding), shrunk when the observed p99 breaks the target.
 //! - The queue delay is tuned by what waiting buys: a batch that waited and gained items lets
 //!   the delay grow (up to a quarter of the target); a wait that gained nothing halves it, so a
-//!   lone closed-loop client soon stops waiting; when at least two arrivals are expected within
-//!   the longest delay, an idle batcher probes with a 1 ms delay, backing off (0.1 s doubling to
-//!   5 s) after probes that gain nothing. Any p99 over the target resets the delay to zero.
+//!   lone closed-loop client soon stops waiting; when the observed arrival rate λ promises at
+//!   least two arrivals within the longest delay, an idle batcher probes with the delay 2/λ,
+//!   backing off (0.5 s doubling to 10 s) after probes that gain nothing. Any p99 over the
+//!   target resets the delay to zero.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,7 +83,7 @@ impl Adaptive {
                 delay: 0.0,
                 p99: 0.0,
                 probe_after: Instant::now(),
-                probe_backoff: 0.1,
+                probe_backoff: 0.5,
             }),
         }
     }
@@ -125,19 +126,20 @@ impl Adaptive {
         if waited {
             if gained > 0 {
                 s.delay = (s.delay * 1.5 + 0.0005).min(cap);
-                s.probe_backoff = 0.1;
+                s.probe_backoff = 0.5;
             } else {
                 s.delay *= 0.5;
                 if s.delay < 0.0002 {
                     s.delay = 0.0;
                     // Waiting bought nothing: do not probe again for a while.
                     s.probe_after = now + Duration::from_secs_f64(s.probe_backoff);
-                    s.probe_backoff = (s.probe_backoff * 2.0).min(5.0);
+                    s.probe_backoff = (s.probe_backoff * 2.0).min(10.0);
                 }
             }
         } else if s.delay == 0.0 && now >= s.probe_after && s.rate * cap >= 2.0 {
-            // Arrivals are frequent enough that waiting might fill batches: probe.
-            s.delay = 0.001_f64.min(cap);
+            // Arrivals are frequent enough that waiting might fill batches: probe with the
+            // delay in which the arrival rate brings two more items.
+            s.delay = (2.0 / s.rate).min(cap);
         }
     }
 
@@ -282,9 +284,14 @@ mod tests {
         a.lock().last_update = Instant::now() - Duration::from_secs(1);
         a.settings();
         a.observe_wait(false, 0);
-        assert_eq!(a.settings().1, Duration::from_millis(1));
+        // About 250 arrivals a second (smoothed): the probe waits for two, 8 ms.
+        let probe = a.settings().1;
+        assert!(
+            probe > Duration::from_millis(4) && probe < Duration::from_millis(20),
+            "{probe:?}"
+        );
         // The probe gains nothing: the delay falls to zero and no probe follows at once.
-        for _ in 0..4 {
+        for _ in 0..8 {
             a.observe_wait(true, 0);
         }
         assert_eq!(a.settings().1, Duration::ZERO);

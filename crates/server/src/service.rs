@@ -626,10 +626,11 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
             Ok(input) => {
                 let t0 = Instant::now();
                 let output = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(&input)));
-                shared
-                    .metrics
-                    .compute_seconds
-                    .observe_duration(t0.elapsed());
+                let took = t0.elapsed();
+                shared.metrics.compute_seconds.observe_duration(took);
+                if let Some(a) = &shared.adaptive {
+                    a.observe_run(batch.len(), took.as_secs_f64());
+                }
                 shared.metrics.batch_size.observe(batch.len() as f64);
                 shared.metrics.executions.fetch_add(1, Ordering::Relaxed);
                 buffer = input.into_parts().1;

@@ -948,9 +948,12 @@ fn a_model_repository_serves_each_model_and_refuses_a_bad_one() {
     assert!(stderr.contains("model.json"), "{stderr}");
 }
 
-/// Closed-loop clients sending distinct tensors for `seconds`; returns each request's latency.
-fn drive(server: &Server, clients: usize, seconds: f64, seed: u64) -> Vec<f64> {
-    let stop = Instant::now() + Duration::from_secs_f64(seconds);
+/// Clients sending distinct tensors for `seconds`, each waiting for its answer; with `pace`,
+/// each client starts a request every `pace` seconds (open loop, as independent users arrive),
+/// else as soon as the last is answered (closed loop). Returns each request's latency.
+fn drive(server: &Server, clients: usize, seconds: f64, seed: u64, pace: Option<f64>) -> Vec<f64> {
+    let start = Instant::now();
+    let stop = start + Duration::from_secs_f64(seconds);
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients as u64)
             .map(|c| {
@@ -958,6 +961,16 @@ fn drive(server: &Server, clients: usize, seconds: f64, seed: u64) -> Vec<f64> {
                     let mut latencies = Vec::new();
                     let mut i = 0;
                     while Instant::now() < stop {
+                        if let Some(pace) = pace {
+                            // Staggered: client c's k-th request is due at (k + c/clients)·pace.
+                            let due = start
+                                + Duration::from_secs_f64(
+                                    (i as f64 + c as f64 / clients as f64) * pace,
+                                );
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                        }
                         let (len, body) = random_tensor_body(seed + c * 100_000 + i);
                         i += 1;
                         let t0 = Instant::now();
@@ -1008,29 +1021,44 @@ fn the_batcher_adapts_to_a_step_in_load_and_back() {
     };
     let cap = || server.metric("singlepoint_adaptive_max_batch", MODEL);
     // Low: one client at a time. Batches of one, and no waiting (a wait would gain nothing).
-    let low = drive(&server, 1, 1.5, 1);
+    let low = drive(&server, 1, 1.5, 1, None);
     assert_eq!(delay(), 0.0, "no delay under a lone client");
     let (s0, c0) = batches();
     assert!(s0 / c0 < 1.2, "batches of one under a lone client");
-    // High: eight clients. The fitted model (compute = a·batch + b) allows batches of up to
-    // what fits in half the target, and batches grow to take what is queued.
-    let high = drive(&server, 8, 3.0, 2);
+    // High: 16 independent users, 60 requests a second in all. Waiting now gains items, so the
+    // delay grows and batches with it, within what the fitted model (compute = a·batch + b)
+    // allows in half the target.
+    let high = drive(&server, 16, 3.0, 2, Some(16.0 / 60.0));
+    let high_delay = delay();
     let (s1, c1) = batches();
     let high_mean_batch = (s1 - s0) / (c1 - c0);
+    assert!(high_delay > 0.01, "delay {high_delay} s under load");
     assert!(
         high_mean_batch > 2.0,
         "mean batch {high_mean_batch} under load"
     );
-    let high_cap = cap();
+    let slope = server.metric("singlepoint_latency_model_slope_seconds", MODEL);
     assert!(
-        high_cap >= 8.0,
-        "the cap {high_cap} admits the eight queued items"
+        slope > 0.0,
+        "fitted a = {slope}; {}",
+        text(&server.send("GET", "/metrics", &[], &[]).body)
+            .lines()
+            .filter(|l| l.contains("batch_size_bucket")
+                || l.contains("adaptive")
+                || l.contains("latency_model"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
-    // Low again: batches fall back to one and the delay stays at zero.
-    let low_again = drive(&server, 1, 3.0, 3);
-    assert_eq!(delay(), 0.0);
+    assert!(cap() >= 1.0 && cap() <= 16.0);
+    // Low again: waiting gains nothing, the delay falls back and batches shrink to one.
+    let low_again = drive(&server, 1, 3.0, 3, None);
     let (s2, c2) = batches();
     assert!((s2 - s1) / (c2 - c1) < 1.5, "batches shrank again");
+    assert!(
+        delay() < high_delay / 4.0,
+        "delay {} s after the load left",
+        delay()
+    );
     for (phase, latencies) in [("low", low), ("high", high), ("low again", low_again)] {
         let p = p99(latencies);
         assert!(
