@@ -70,7 +70,8 @@ pub struct ClassifyArgs {
     cache: CacheArgs,
 
     /// Print the run's cost report on stderr: t0, r0, n, N, p, q (measured on the first 32
-    /// inputs with 1 and N workers, cache bypassed), time per stage, memory, money and f
+    /// inputs with 1 and N workers after a warm-up pass, cache bypassed), time per stage,
+    /// memory, money and f
     #[arg(long)]
     report: bool,
 
@@ -408,6 +409,8 @@ fn calibrate(classifier: &Classifier, sample: &[InputEntry]) -> Calibration {
         calibration.q = Some(1.0);
         calibration.how = Some("one worker: 1 by definition".into());
     } else if sample.len() >= 2 * n * config.batch_size {
+        // A first pass warms page cache, allocator and engine, so X(1) is not measured cold.
+        let _ = throughput(n);
         if let (Some(x1), Some(xn)) = (throughput(1), throughput(n)) {
             calibration.q = Some(xn / (n as f64 * x1));
             calibration.how = Some(format!(
