@@ -7,6 +7,8 @@
 //!   inputs cannot evict the hot set, optional TTL.
 //! - Disk tier: `redb`, bounded by bytes, crash-safe, checksummed versioned records
 //!   ([`record`], [`disk`]). Lookups go memory → disk; a disk hit is promoted to memory.
+//! - Redis tier (optional, [`redis_tier`]): shared by replicas, read-through after disk,
+//!   written behind; a failing Redis only costs misses.
 //! - [`Coalescer`]: concurrent callers of the same key share one computation ([`coalesce`]).
 //!
 //! The cache never turns a success into a failure: a disk tier that cannot be opened or written
@@ -17,6 +19,7 @@ pub mod coalesce;
 pub mod disk;
 pub mod key;
 pub mod record;
+pub mod redis_tier;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use coalesce::Coalescer;
 pub use disk::{DiskError, DiskTotals, VerifyReport};
 pub use key::CacheKey;
+pub use redis_tier::{RedisConfig, RedisStats, RedisTier};
 use singlepoint_core::ModelDigest;
 
 /// Cache settings, validated by the caller's flag parsing.
@@ -52,13 +56,15 @@ pub struct CacheStats {
     pub corrupt: u64,
     /// Callers that waited for another's computation instead of running the model.
     pub coalesced: u64,
+    /// Hits answered by the Redis tier (counted in [`CacheStats::hits`]).
+    pub redis_hits: u64,
     pub memory_entries: u64,
     pub memory_bytes: u64,
 }
 
 impl CacheStats {
     pub fn hits(&self) -> u64 {
-        self.memory_hits + self.disk_hits
+        self.memory_hits + self.disk_hits + self.redis_hits
     }
 
     /// Hit rate p over lookups (0 when there were none).
@@ -82,12 +88,14 @@ struct Counters {
     disk_evictions: AtomicU64,
     corrupt: AtomicU64,
     coalesced: AtomicU64,
+    redis_hits: AtomicU64,
 }
 
 pub struct ResultCache {
     memory: Option<moka::sync::Cache<CacheKey, Arc<[u8]>>>,
     disk: Option<disk::DiskTier>,
     disk_off: AtomicBool,
+    redis: Option<RedisTier>,
     ttl: Option<Duration>,
     counters: Counters,
     warnings: Mutex<Vec<String>>,
@@ -138,10 +146,21 @@ impl ResultCache {
             memory,
             disk,
             disk_off: AtomicBool::new(false),
+            redis: None,
             ttl: config.ttl,
             counters,
             warnings: Mutex::new(warnings),
         }
+    }
+
+    /// Adds the shared Redis tier after memory and disk.
+    pub fn with_redis(mut self, tier: RedisTier) -> ResultCache {
+        self.redis = Some(tier);
+        self
+    }
+
+    pub fn redis(&self) -> Option<&RedisTier> {
+        self.redis.as_ref()
     }
 
     /// Where the disk tier lives, when it is on.
@@ -171,9 +190,14 @@ impl ResultCache {
             .push(message);
     }
 
-    /// Warnings raised since the last call (each at most once).
+    /// Warnings raised since the last call (each at most once), and the Redis tier's changes
+    /// of state.
     pub fn take_warnings(&self) -> Vec<String> {
-        std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut out = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(r) = &self.redis {
+            out.extend(r.take_events());
+        }
+        out
     }
 
     pub fn get(&self, key: &CacheKey) -> Option<Arc<[u8]>> {
@@ -198,6 +222,14 @@ impl ResultCache {
                 Ok(disk::Lookup::Miss) => {}
                 Err(e) => self.disk_failed(e),
             }
+        }
+        if let Some(value) = self.redis.as_ref().and_then(|r| r.get(key)) {
+            let value: Arc<[u8]> = value.into();
+            if let Some(m) = &self.memory {
+                m.insert(*key, value.clone());
+            }
+            self.counters.redis_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(value);
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         None
@@ -228,6 +260,9 @@ impl ResultCache {
                 Err(e) => self.disk_failed(e),
             }
         }
+        if let Some(r) = &self.redis {
+            r.insert_many(model, items, now_secs());
+        }
     }
 
     pub fn insert(&self, model: &ModelDigest, key: CacheKey, value: Arc<[u8]>) {
@@ -257,6 +292,7 @@ impl ResultCache {
             disk_evictions: c.disk_evictions.load(Ordering::Relaxed),
             corrupt: c.corrupt.load(Ordering::Relaxed),
             coalesced: c.coalesced.load(Ordering::Relaxed),
+            redis_hits: c.redis_hits.load(Ordering::Relaxed),
             memory_entries,
             memory_bytes,
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
-use singlepoint_cache::CacheConfig;
+use singlepoint_cache::{CacheConfig, RedisConfig, RedisTier, ResultCache};
 use singlepoint_runtime::cost::{Prices, Weights};
 
 /// What resources cost and how f = w_t·t + w_r·money weighs time against money
@@ -76,6 +76,23 @@ pub struct CacheArgs {
     /// expiry; answers do not go stale, since keys bind the model and the input bytes)
     #[arg(long, value_parser = parse_duration, value_name = "AGE")]
     pub cache_ttl: Option<Duration>,
+
+    /// A Redis shared by replicas, after memory and disk: `redis://[user:pass@]host:6379`,
+    /// `rediss://` for TLS, several comma-separated URLs or `redis+cluster://` for a cluster
+    #[arg(long, env = "SINGLEPOINT_CACHE_REDIS", value_name = "URL")]
+    pub cache_redis: Option<String>,
+
+    /// Prefix of every Redis key (one per deployment)
+    #[arg(long, default_value = "singlepoint", value_name = "NAME")]
+    pub cache_redis_namespace: String,
+
+    /// Budget of one Redis read or write; a slower Redis counts as down
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "TIME")]
+    pub cache_redis_timeout: Duration,
+
+    /// Redis connections kept open
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub cache_redis_pool: usize,
 }
 
 impl CacheArgs {
@@ -87,6 +104,31 @@ impl CacheArgs {
                 .then(|| (cache_dir(self.cache_dir.as_deref()), self.cache_disk)),
             ttl: self.cache_ttl,
         })
+    }
+}
+
+impl CacheArgs {
+    /// Opens the cache the flags describe (`None` with `--no-cache`).
+    pub fn open(&self) -> anyhow::Result<Option<ResultCache>> {
+        let Some(config) = self.config() else {
+            return Ok(None);
+        };
+        let mut cache = ResultCache::open(&config);
+        if let Some(url) = &self.cache_redis {
+            if self.cache_redis_pool == 0 {
+                anyhow::bail!("`--cache-redis-pool` must be at least 1");
+            }
+            let tier = RedisTier::open(RedisConfig {
+                url: url.clone(),
+                namespace: self.cache_redis_namespace.clone(),
+                ttl: self.cache_ttl,
+                op_timeout: self.cache_redis_timeout,
+                pool_size: self.cache_redis_pool,
+            })
+            .map_err(anyhow::Error::msg)?;
+            cache = cache.with_redis(tier);
+        }
+        Ok(Some(cache))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use singlepoint_backend::{BackendKind, EngineOptions};
-use singlepoint_cache::{CacheConfig, CacheStats, ResultCache};
+use singlepoint_cache::CacheStats;
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::cost::{price, CostReport, Prices, RssSampler, StageCosts, Weights};
 use singlepoint_runtime::cputime::{peak_rss_bytes, process_cpu_time};
@@ -126,7 +126,6 @@ pub fn load_model(path: Option<&Path>) -> anyhow::Result<Model> {
 /// The validated settings of one run.
 struct Settings {
     config: PipelineConfig,
-    cache: Option<CacheConfig>,
     engine: EngineOptions,
     format: Format,
     show_top_k: bool,
@@ -155,9 +154,7 @@ fn validate(args: &ClassifyArgs) -> anyhow::Result<Settings> {
         Format::Text => 1,
         _ => 5,
     });
-    let cache = args.cache.config();
     Ok(Settings {
-        cache,
         config: PipelineConfig {
             // Settled once the engine is known; see `default_batch_size`.
             batch_size: args.batch_size.unwrap_or(1),
@@ -205,8 +202,8 @@ pub fn run(mut args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let engine_kind = loaded.engine.kind();
     settings.config.batch_size = args.batch_size.unwrap_or(default_batch_size(engine_kind));
     let mut classifier = Classifier::new(model.clone(), loaded.engine, settings.config.clone())?;
-    if let Some(config) = &settings.cache {
-        let cache = Arc::new(ResultCache::open(config));
+    if let Some(cache) = args.cache.open()? {
+        let cache = Arc::new(cache);
         for warning in cache.take_warnings() {
             eprintln!("warning: {warning}");
         }
@@ -328,11 +325,16 @@ fn progress_bar(quiet: bool) -> Option<indicatif::ProgressBar> {
 
 fn cache_summary(stats: &RunStats, c: &CacheStats) -> String {
     format!(
-        "cache: {:.0}% hits ({} memory, {} disk, {} misses), {} coalesced, {} model executions, \
+        "cache: {:.0}% hits ({} memory, {} disk, {}{} misses), {} coalesced, {} model executions, \
          {} stored; memory {} entries / {} KiB, {} evicted; {} corrupt disk entries removed",
         100.0 * c.hit_rate(),
         c.memory_hits,
         c.disk_hits,
+        if c.redis_hits > 0 {
+            format!("{} redis, ", c.redis_hits)
+        } else {
+            String::new()
+        },
         c.misses,
         stats.coalesced,
         stats.model_executions,

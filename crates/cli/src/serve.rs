@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use singlepoint_backend::EngineOptions;
-use singlepoint_cache::ResultCache;
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{load_engine, BackendChoice};
@@ -205,7 +204,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         loaded.push((model.clone(), engine.engine));
     }
-    let cache = args.cache.config().map(|c| Arc::new(ResultCache::open(&c)));
+    let cache = args.cache.open()?.map(Arc::new);
     if let Some(cache) = &cache {
         for warning in cache.take_warnings() {
             tracing::warn!("{warning}");
@@ -238,6 +237,19 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             "listening on http://{local} (ready {:.0} ms after start)",
             started.elapsed().as_secs_f64() * 1e3
         );
+        // Cache warnings (a disk tier switched off, Redis going down or coming back) are
+        // logged as they happen, one line per change.
+        if let Some(cache) = server.state().cache.clone() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+                loop {
+                    tick.tick().await;
+                    for warning in cache.take_warnings() {
+                        tracing::warn!("{warning}");
+                    }
+                }
+            });
+        }
         server.serve(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;

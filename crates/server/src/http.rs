@@ -682,6 +682,17 @@ async fn cost(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(cost_snapshot(&state))
 }
 
+/// Label-less metrics: (name, type, help, value).
+fn render_plain<'a>(
+    out: &mut String,
+    items: impl IntoIterator<Item = (&'a str, &'a str, &'a str, f64)>,
+) {
+    for (name, kind, help, v) in items {
+        metrics::header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+}
+
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     state.requests.render(&mut out);
@@ -860,6 +871,53 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             "singlepoint_cache_hits_total{{tier=\"disk\"}} {}",
             c.disk_hits
         );
+        if let Some(r) = cache.redis() {
+            let rs = r.stats();
+            let _ = writeln!(
+                out,
+                "singlepoint_cache_hits_total{{tier=\"redis\"}} {}",
+                c.redis_hits
+            );
+            let redis: [(&str, &str, &str, u64); 6] = [
+                (
+                    "singlepoint_redis_up",
+                    "gauge",
+                    "1 while the Redis tier answers",
+                    u64::from(rs.up),
+                ),
+                (
+                    "singlepoint_redis_misses_total",
+                    "counter",
+                    "Redis lookups that found nothing",
+                    rs.misses,
+                ),
+                (
+                    "singlepoint_redis_errors_total",
+                    "counter",
+                    "Redis operations that failed or timed out",
+                    rs.errors,
+                ),
+                (
+                    "singlepoint_redis_garbage_total",
+                    "counter",
+                    "Redis values that failed their checks (deleted, a miss)",
+                    rs.garbage,
+                ),
+                (
+                    "singlepoint_redis_writes_total",
+                    "counter",
+                    "Answers written to Redis (behind the response)",
+                    rs.writes,
+                ),
+                (
+                    "singlepoint_redis_dropped_writes_total",
+                    "counter",
+                    "Answers not written: Redis down or the queue full",
+                    rs.dropped_writes,
+                ),
+            ];
+            render_plain(&mut out, redis.map(|(n, k, h, v)| (n, k, h, v as f64)));
+        }
         let plain: [(&str, &str, &str, u64); 6] = [
             (
                 "singlepoint_cache_misses_total",
@@ -898,10 +956,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
                 c.memory_bytes,
             ),
         ];
-        for (name, kind, help, v) in plain {
-            metrics::header(&mut out, name, kind, help);
-            let _ = writeln!(out, "{name} {v}");
-        }
+        render_plain(&mut out, plain.map(|(n, k, h, v)| (n, k, h, v as f64)));
     }
     let process: [(&str, &str, &str, f64); 3] = [
         (
@@ -951,10 +1006,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             num("instance_utilization"),
         ),
     ];
-    for (name, kind, help, v) in process.into_iter().chain(derived) {
-        metrics::header(&mut out, name, kind, help);
-        let _ = writeln!(out, "{name} {v}");
-    }
+    render_plain(&mut out, process.into_iter().chain(derived));
     (
         [(
             header::CONTENT_TYPE,

@@ -11,7 +11,7 @@ use singlepoint_model::{decode_rgb, DecodeLimits, Model, Preprocessor};
 use super::{repo, text};
 
 /// A running server, killed when dropped.
-struct Server {
+pub struct Server {
     child: Child,
     url: String,
     log: Arc<Mutex<Vec<String>>>,
@@ -20,7 +20,7 @@ struct Server {
 
 impl Server {
     /// Starts `serve` on a free port with a fresh cache folder and waits until it listens.
-    fn start(extra: &[&str]) -> Server {
+    pub fn start(extra: &[&str]) -> Server {
         let cache = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_singlepoint"))
             .args(["serve", "--port", "0"])
@@ -74,7 +74,7 @@ impl Server {
     }
 
     /// Sends a request; returns status, headers of interest and the body.
-    fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
         let mut req = ureq::request(method, &self.url(path)).timeout(Duration::from_secs(120));
         for (k, v) in headers {
             req = req.set(k, v);
@@ -118,7 +118,7 @@ impl Server {
     }
 
     /// One metric's value (the sum over label sets matching `labels`).
-    fn metric(&self, name: &str, labels: &str) -> f64 {
+    pub fn metric(&self, name: &str, labels: &str) -> f64 {
         let r = self.send("GET", "/metrics", &[], &[]);
         assert_eq!(r.status, 200);
         text(&r.body)
@@ -132,7 +132,7 @@ impl Server {
             .sum()
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 }
@@ -144,15 +144,15 @@ impl Drop for Server {
     }
 }
 
-struct Reply {
-    status: u16,
+pub struct Reply {
+    pub status: u16,
     retry_after: Option<String>,
     header_len: Option<usize>,
-    body: Vec<u8>,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&self.body)))
     }
@@ -165,7 +165,7 @@ impl Reply {
     }
 }
 
-const MODEL: &str = "efficientnet-lite0";
+pub const MODEL: &str = "efficientnet-lite0";
 const PHOTOS: &[&str] = &[
     "astronaut.png",
     "chelsea.png",
@@ -176,7 +176,7 @@ const PHOTOS: &[&str] = &[
     "rocket.jpg",
 ];
 
-fn photo(name: &str) -> Vec<u8> {
+pub fn photo(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("photos").join(name)).unwrap()
 }
 
@@ -438,7 +438,7 @@ fn the_classify_endpoint_takes_raw_bytes_and_multipart_forms() {
 }
 
 /// Distinct random inputs of the model's shape, as binary infer bodies.
-fn random_tensor_body(seed: u64) -> (String, Vec<u8>) {
+pub fn random_tensor_body(seed: u64) -> (String, Vec<u8>) {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
