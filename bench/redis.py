@@ -1,0 +1,123 @@
+"""The Redis tier, in one run:
+- hit latency in process for each tier (memory; disk with memory off; Redis with memory and
+  disk off), 2000 stored rows of 4000 bytes, random lookups (crates/cache/examples/tier_latency.rs);
+- throughput under wrk of one replica vs two replicas sharing Redis vs two replicas each with its
+  own cache (no Redis), on the same 2 cores: 90 % repeated inputs (bench/serve.lua repeat90), all
+  replicas starting cold, the load split evenly over the replicas (one wrk per replica, run
+  together), memory tier on and disk off everywhere.
+
+Usage: python3 bench/redis.py [--seconds 10] [--concurrency 16] [--out FILE]
+Needs: cargo build --release --example tier_latency -p singlepoint-cache; cargo build --release;
+redis-server and wrk (apt-get install redis-server wrk); python3 bench/make_photos.py
+"""
+import argparse, glob, json, os, re, signal, socket, subprocess, sys, tempfile, time, urllib.request
+from common import header
+
+root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+binary = os.path.join(root, "target", "release", "singlepoint")
+example = os.path.join(root, "target", "release", "examples", "tier_latency")
+p = argparse.ArgumentParser()
+p.add_argument("--seconds", type=int, default=10)
+p.add_argument("--concurrency", type=int, default=16)
+p.add_argument("--out", default=None)
+args = p.parse_args()
+for f in (binary, example):
+    if not os.path.exists(f):
+        sys.exit(f"missing {f}: see Needs in this script's docstring")
+photos = sorted(glob.glob(os.path.join(root, "bench", "data", "web", "*.jpg")))[:200]
+listing = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+listing.write("\n".join(photos) + "\n")
+listing.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd, ready):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    t0 = time.time()
+    while time.time() - t0 < 60:
+        try:
+            if ready():
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.02)
+    sys.exit(f"{cmd[0]} did not start")
+
+
+def stop(proc):
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def redis():
+    port = free_port()
+    proc = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                 lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True)
+    return proc, f"redis://127.0.0.1:{port}"
+
+
+def replica(extra):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start([binary, "serve", "--port", str(port), "--cache-disk", "0", "--max-queue", "1024", *extra],
+                 lambda: urllib.request.urlopen(url + "/v2/health/ready", timeout=1).status == 200)
+    return proc, url
+
+
+def load(urls):
+    """One wrk per replica, together; the connections split evenly. Returns req/s in all."""
+    per = max(1, args.concurrency // len(urls))
+    procs = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{args.seconds}s", "--timeout", "30s",
+                               "-s", os.path.join(root, "bench", "serve.lua"),
+                               u + "/v1/models/efficientnet-lite0/classify?top_k=1", "--",
+                               listing.name, "repeat90", f"{time.time_ns()}-{i}"],
+                              stdout=subprocess.PIPE, text=True) for i, u in enumerate(urls)]
+    total, errors = 0.0, 0
+    for proc in procs:
+        out = proc.communicate()[0]
+        r = json.loads(next(l for l in out.splitlines() if l.startswith("WRKJSON "))[8:])
+        total += r["requests"] / r["seconds"]
+        m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        errors += int(m.group(1)) if m else 0
+    return total, errors
+
+
+lines = header("Redis tier: hit latency per tier, replicas sharing Redis", "redis.py")
+rproc, rurl = redis()
+try:
+    out = subprocess.run([example, rurl], capture_output=True, text=True, check=True).stdout
+    lat = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    lines += ["", "Hit latency in process (2000 rows of 4000 bytes, 20000 random lookups):", "",
+              "| tier | p50 µs | p99 µs | mean µs |", "|---|---|---|---|"]
+    lines += [f"| {r['tier']} | {r['p50_us']} | {r['p99_us']} | {r['mean_us']} |" for r in lat]
+    results = {}
+    setups = [("one replica", 1, True), ("two replicas sharing Redis", 2, True), ("two replicas, no Redis", 2, False)]
+    for name, n, shared in setups:
+        subprocess.run(["redis-cli", "-u", rurl, "flushall"], capture_output=True)
+        reps = [replica(["--cache-redis", rurl] if shared else []) for _ in range(n)]
+        try:
+            results[name] = load([u for _, u in reps])
+        finally:
+            for proc, _ in reps:
+                stop(proc)
+        print(f"{name}: {results[name][0]:.1f} req/s, {results[name][1]} errors", flush=True)
+    lines += ["", f"Throughput under wrk, {args.concurrency} connections in all, {args.seconds} s, 90 % repeated "
+              "web-size photos as multipart uploads, every setup starting cold:", "",
+              "| setup | req/s | errors |", "|---|---|---|"]
+    lines += [f"| {k} | {v[0]:.1f} | {v[1]} |" for k, v in results.items()]
+    one = results["one replica"][0]
+    lines += ["", f"Two replicas sharing Redis: {results['two replicas sharing Redis'][0] / one:.2f}x one replica; "
+              f"two replicas without it: {results['two replicas, no Redis'][0] / one:.2f}x (the same 2 cores serve all "
+              "replicas here, so a second replica adds no compute; what Redis adds is that an input one replica "
+              "computed is a hit on the other)."]
+finally:
+    stop(rproc)
+text = "\n".join(lines) + "\n"
+print(text)
+if args.out:
+    open(args.out, "w").write(text)
