@@ -11,7 +11,7 @@ Needs: cargo build --release --example tier_latency -p singlepoint-cache; cargo 
 redis-server and wrk (apt-get install redis-server wrk); python3 bench/make_photos.py
 """
 import argparse, glob, json, os, re, signal, socket, subprocess, sys, tempfile, time, urllib.request
-from common import header
+from common import free_port, header, photo_list
 
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 binary = os.path.join(root, "target", "release", "singlepoint")
@@ -24,16 +24,7 @@ args = p.parse_args()
 for f in (binary, example):
     if not os.path.exists(f):
         sys.exit(f"missing {f}: see Needs in this script's docstring")
-photos = sorted(glob.glob(os.path.join(root, "bench", "data", "web", "*.jpg")))[:200]
-listing = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
-listing.write("\n".join(photos) + "\n")
-listing.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+listing = photo_list(root)
 
 
 def start(cmd, ready):
@@ -75,7 +66,7 @@ def load(urls):
     procs = [subprocess.Popen(["wrk", "-t1", f"-c{per}", f"-d{args.seconds}s", "--timeout", "30s",
                                "-s", os.path.join(root, "bench", "serve.lua"),
                                u + "/v1/models/efficientnet-lite0/classify?top_k=1", "--",
-                               listing.name, "repeat90", f"{time.time_ns()}-{i}"],
+                               listing, "repeat90", f"{time.time_ns()}-{i}"],
                               stdout=subprocess.PIPE, text=True) for i, u in enumerate(urls)]
     total, errors = 0.0, 0
     for proc in procs:

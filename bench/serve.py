@@ -22,7 +22,7 @@ import threading, time, urllib.request
 from importlib.metadata import version
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import header
+from common import free_port, header, photo_list
 
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 binary = os.path.join(root, "target", "release", "singlepoint")
@@ -39,18 +39,7 @@ levels = [int(c) for c in args.concurrency.split(",")]
 for need, hint in [(binary, "cargo build --release"), (shutil.which("wrk"), "apt-get install wrk")]:
     if not need or not os.path.exists(need):
         sys.exit(f"missing {need or 'wrk'}: run `{hint}`")
-photos = sorted(glob.glob(os.path.join(root, "bench", "data", "web", "*.jpg")))[: args.photos]
-if len(photos) < 100:
-    sys.exit("run `python3 bench/make_photos.py` first (needs 100+ web-size photos)")
-listing = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
-listing.write("\n".join(photos) + "\n")
-listing.close()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+listing = photo_list(root, args.photos)
 
 
 def tree_rss(pid):
@@ -115,7 +104,7 @@ class Side:
         out = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
              "-s", os.path.join(root, "bench", "serve.lua"), self.url + self.path, "--",
-             listing.name, self.mode, f"{time.time_ns()}"], capture_output=True, text=True, check=True).stdout
+             listing, self.mode, f"{time.time_ns()}"], capture_output=True, text=True, check=True).stdout
         stop.set()
         sampler.join()
         self.pause()
