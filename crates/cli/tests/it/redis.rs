@@ -242,3 +242,40 @@ fn garbage_under_a_key_is_detected_and_treated_as_a_miss() {
         text(&stored)
     );
 }
+
+#[test]
+fn a_redis_that_never_answers_costs_only_its_timeout() {
+    // A "Redis" that accepts connections and reads, but never replies.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}");
+    let server = Server::start(&[
+        "--cache-disk",
+        "0",
+        "--cache-redis",
+        &url,
+        "--cache-redis-timeout",
+        "5ms",
+    ]);
+    for (i, name) in ["chelsea.png", "coffee.png", "china.jpg"]
+        .iter()
+        .enumerate()
+    {
+        let t0 = Instant::now();
+        let r = classify(&server, name);
+        assert!(r["label"].is_string(), "{r}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "request {i} took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(server.metric("singlepoint_redis_up", ""), 0.0);
+    assert!(server.metric("singlepoint_redis_errors_total", "") >= 1.0);
+}
