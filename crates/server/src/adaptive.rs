@@ -10,8 +10,8 @@
 //!   the delay grow (up to a quarter of the target); a wait that gained nothing halves it, so a
 //!   lone closed-loop client soon stops waiting; when the observed arrival rate λ promises at
 //!   least two arrivals within the longest delay, an idle batcher probes with the delay 2/λ,
-//!   backing off (0.5 s doubling to 10 s) after probes that gain nothing. Any p99 over the
-//!   target resets the delay to zero.
+//!   backing off (0.25 s doubling to 2 s, so a step in load is found within 2 s) after probes
+//!   that gain nothing. Any p99 over the target resets the delay to zero.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,7 +83,7 @@ impl Adaptive {
                 delay: 0.0,
                 p99: 0.0,
                 probe_after: Instant::now(),
-                probe_backoff: 0.5,
+                probe_backoff: 0.25,
             }),
         }
     }
@@ -126,14 +126,14 @@ impl Adaptive {
         if waited {
             if gained > 0 {
                 s.delay = (s.delay * 1.5 + 0.0005).min(cap);
-                s.probe_backoff = 0.5;
+                s.probe_backoff = 0.25;
             } else {
                 s.delay *= 0.5;
                 if s.delay < 0.0002 {
                     s.delay = 0.0;
                     // Waiting bought nothing: do not probe again for a while.
                     s.probe_after = now + Duration::from_secs_f64(s.probe_backoff);
-                    s.probe_backoff = (s.probe_backoff * 2.0).min(10.0);
+                    s.probe_backoff = (s.probe_backoff * 2.0).min(2.0);
                 }
             }
         } else if s.delay == 0.0 && now >= s.probe_after && s.rate * cap >= 2.0 {
@@ -297,5 +297,9 @@ mod tests {
         assert_eq!(a.settings().1, Duration::ZERO);
         a.observe_wait(false, 0);
         assert_eq!(a.settings().1, Duration::ZERO, "backing off");
+        // After the pause, it probes again.
+        a.lock().probe_after = Instant::now();
+        a.observe_wait(false, 0);
+        assert!(a.settings().1 > Duration::ZERO);
     }
 }

@@ -1019,45 +1019,60 @@ fn the_batcher_adapts_to_a_step_in_load_and_back() {
             server.metric("singlepoint_batch_size_count", MODEL),
         )
     };
-    let cap = || server.metric("singlepoint_adaptive_max_batch", MODEL);
-    // Low: one client at a time. Batches of one, and no waiting (a wait would gain nothing).
-    let low = drive(&server, 1, 1.5, 1, None);
-    assert_eq!(delay(), 0.0, "no delay under a lone client");
-    let (s0, c0) = batches();
-    assert!(s0 / c0 < 1.2, "batches of one under a lone client");
-    // High: 16 independent users, 60 requests a second in all. Waiting now gains items, so the
-    // delay grows and batches with it, within what the fitted model (compute = a·batch + b)
-    // allows in half the target.
-    let high = drive(&server, 16, 3.0, 2, Some(16.0 / 60.0));
-    let high_delay = delay();
-    let (s1, c1) = batches();
-    let high_mean_batch = (s1 - s0) / (c1 - c0);
-    assert!(high_delay > 0.01, "delay {high_delay} s under load");
+    // Runs a phase while sampling the controller's delay every 50 ms; returns the latencies,
+    // the mean delay and the mean batch size of the phase.
+    let phase = |clients: usize, seconds: f64, seed: u64, pace: Option<f64>| {
+        let (s0, c0) = batches();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let (latencies, delays) = std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                let mut d = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    d.push(delay());
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                d
+            });
+            let latencies = drive(&server, clients, seconds, seed, pace);
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (latencies, sampler.join().unwrap())
+        });
+        let (s1, c1) = batches();
+        let mean_delay = delays.iter().sum::<f64>() / delays.len().max(1) as f64;
+        (latencies, mean_delay, (s1 - s0) / (c1 - c0).max(1.0))
+    };
+    // Low: one closed-loop client. Waiting would gain nothing: batches of one, (almost) no delay.
+    let (low, low_delay, low_batch) = phase(1, 2.0, 1, None);
     assert!(
-        high_mean_batch > 2.0,
-        "mean batch {high_mean_batch} under load"
+        low_batch < 1.2,
+        "mean batch {low_batch} under a lone client"
+    );
+    // High: 16 independent users, 60 requests a second in all. Waiting gains items, so the
+    // delay grows and batches with it (measured after 2.5 s to follow the step), within what
+    // the fitted model (compute = a·batch + b) allows in half the target.
+    let (mut high, _, _) = phase(16, 2.5, 2, Some(16.0 / 60.0));
+    let (high_rest, high_delay, high_batch) = phase(16, 3.0, 4, Some(16.0 / 60.0));
+    high.extend(high_rest);
+    assert!(high_delay > 0.01, "mean delay {high_delay} s under load");
+    assert!(high_batch > 2.0, "mean batch {high_batch} under load");
+    assert!(
+        high_delay > 4.0 * low_delay,
+        "delay {high_delay} under load vs {low_delay} alone"
     );
     let slope = server.metric("singlepoint_latency_model_slope_seconds", MODEL);
+    assert!(slope > 0.0, "fitted a = {slope}");
+    let cap = server.metric("singlepoint_adaptive_max_batch", MODEL);
+    assert!((1.0..=16.0).contains(&cap), "cap {cap}");
+    // Low again: waiting gains nothing; delay and batches fall back.
+    let (_, _, _) = phase(1, 1.0, 3, None);
+    let (low_again, low_again_delay, low_again_batch) = phase(1, 2.0, 5, None);
     assert!(
-        slope > 0.0,
-        "fitted a = {slope}; {}",
-        text(&server.send("GET", "/metrics", &[], &[]).body)
-            .lines()
-            .filter(|l| l.contains("batch_size_bucket")
-                || l.contains("adaptive")
-                || l.contains("latency_model"))
-            .collect::<Vec<_>>()
-            .join("\n")
+        low_again_batch < 1.2,
+        "mean batch {low_again_batch} after the load left"
     );
-    assert!(cap() >= 1.0 && cap() <= 16.0);
-    // Low again: waiting gains nothing, the delay falls back and batches shrink to one.
-    let low_again = drive(&server, 1, 3.0, 3, None);
-    let (s2, c2) = batches();
-    assert!((s2 - s1) / (c2 - c1) < 1.5, "batches shrank again");
     assert!(
-        delay() < high_delay / 4.0,
-        "delay {} s after the load left",
-        delay()
+        high_delay > 4.0 * low_again_delay,
+        "delay {low_again_delay} s after the load left"
     );
     for (phase, latencies) in [("low", low), ("high", high), ("low again", low_again)] {
         let p = p99(latencies);
