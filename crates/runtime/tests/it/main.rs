@@ -427,8 +427,11 @@ fn repeated_inputs_are_computed_once_and_hits_skip_the_model() {
     assert!(second.iter().all(|r| r.source == AnswerSource::Cache));
     let outcomes = |rs: &[ItemResult]| rs.iter().map(|r| r.outcome.clone()).collect::<Vec<_>>();
     assert_eq!(outcomes(&first), outcomes(&second));
+    // Each distinct input comes from disk once and is then promoted to memory; two workers
+    // asking for the same input at the same moment may both read it from disk.
     let cache = c.cache().unwrap().stats();
-    assert_eq!((cache.disk_hits, cache.memory_hits), (4, 36));
+    assert_eq!(cache.disk_hits + cache.memory_hits, 40, "{cache:?}");
+    assert!((4..=8).contains(&cache.disk_hits), "{cache:?}");
 }
 
 #[test]
