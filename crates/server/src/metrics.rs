@@ -44,23 +44,8 @@ impl Histogram {
         self.count += 1;
     }
 
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
     pub fn sum(&self) -> f64 {
         self.sum
-    }
-
-    /// Observations larger than `value` (for tests and summaries; exact at bucket bounds).
-    pub fn count_above(&self, value: f64) -> u64 {
-        self.bounds
-            .iter()
-            .zip(&self.counts)
-            .filter(|(&b, _)| b > value)
-            .map(|(_, &c)| c)
-            .sum::<u64>()
-            + self.counts[self.bounds.len()]
     }
 
     fn render(&self, name: &str, labels: &str, out: &mut String) {
@@ -274,8 +259,6 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("x_count{model=\"m\"} 4\n"), "{out}");
-        assert_eq!(h.count_above(1.0), 2);
-        assert_eq!(h.count_above(2.0), 1);
     }
 
     #[test]

@@ -296,7 +296,7 @@ fn parse_input(
             if spec.dtype != DType::Float32 {
                 return Err(format!(
                     "input `{name}`: the model takes {}, not FP32",
-                    datatype_of(spec)
+                    self::datatype(spec.dtype)
                 ));
             }
             let fits = dims.len() == spec.shape.len()
@@ -352,13 +352,9 @@ fn parse_input(
         }
         other => Err(format!(
             "input `{name}`: datatype `{other}` is not accepted; use {} (the preprocessed tensor) or BYTES (encoded images)",
-            datatype_of(spec)
+            self::datatype(spec.dtype)
         )),
     }
-}
-
-fn datatype_of(spec: &TensorSpec) -> &'static str {
-    datatype(spec.dtype)
 }
 
 /// Flattens nested JSON arrays of numbers, row-major, refusing more than `max` elements.

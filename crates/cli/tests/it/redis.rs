@@ -166,12 +166,7 @@ fn redis_stopping_under_load_fails_no_request_and_hits_resume_when_it_returns() 
             let mut n = 0;
             while Instant::now() < stop {
                 let (len, body) = random_tensor_body(70_000 + n);
-                let r = a.send(
-                    "POST",
-                    &format!("/v2/models/{MODEL}/infer"),
-                    &[("Inference-Header-Content-Length", &len)],
-                    &body,
-                );
+                let r = a.infer_binary(&len, &body);
                 assert_eq!(r.status, 200, "request {n} failed: {}", text(&r.body));
                 n += 1;
             }

@@ -103,6 +103,16 @@ impl Server {
         }
     }
 
+    /// POSTs a binary-framed inference request (`len` is its JSON header's length).
+    pub fn infer_binary(&self, len: &str, body: &[u8]) -> Reply {
+        self.send(
+            "POST",
+            &format!("/v2/models/{MODEL}/infer"),
+            &[("Inference-Header-Content-Length", len)],
+            body,
+        )
+    }
+
     fn get_json(&self, path: &str) -> (u16, Value) {
         let r = self.send("GET", path, &[], &[]);
         (r.status, r.json())
@@ -350,12 +360,7 @@ fn infer_with_json_and_binary_tensors_matches_classify() {
     let mut body = header.clone().into_bytes();
     body.extend_from_slice(&images);
     let len = header.len().to_string();
-    let reply = server.send(
-        "POST",
-        &format!("/v2/models/{MODEL}/infer"),
-        &[("Inference-Header-Content-Length", &len)],
-        &body,
-    );
+    let reply = server.infer_binary(&len, &body);
     assert_eq!(reply.status, 200, "{}", text(&reply.body));
     let doc = reply.json();
     let out = &doc["outputs"][0];
@@ -471,12 +476,7 @@ fn concurrently(server: &Server, bodies: Vec<(String, Vec<u8>)>) -> Vec<Reply> {
                 let barrier = barrier.clone();
                 s.spawn(move || {
                     barrier.wait();
-                    server.send(
-                        "POST",
-                        &format!("/v2/models/{MODEL}/infer"),
-                        &[("Inference-Header-Content-Length", &len)],
-                        &body,
-                    )
+                    server.infer_binary(&len, &body)
                 })
             })
             .collect();
@@ -777,12 +777,7 @@ fn overload_is_refused_with_429_and_the_server_survives() {
 fn a_request_past_its_deadline_gets_504() {
     let server = Server::start(&["--no-cache", "--request-timeout", "1ms"]);
     let (len, body) = random_tensor_body(77);
-    let reply = server.send(
-        "POST",
-        &format!("/v2/models/{MODEL}/infer"),
-        &[("Inference-Header-Content-Length", &len)],
-        &body,
-    );
+    let reply = server.infer_binary(&len, &body);
     assert_eq!(reply.status, 504, "{}", text(&reply.body));
     assert!(reply.error().contains("deadline"));
 }
@@ -974,12 +969,7 @@ fn drive(server: &Server, clients: usize, seconds: f64, seed: u64, pace: Option<
                         let (len, body) = random_tensor_body(seed + c * 100_000 + i);
                         i += 1;
                         let t0 = Instant::now();
-                        let r = server.send(
-                            "POST",
-                            &format!("/v2/models/{MODEL}/infer"),
-                            &[("Inference-Header-Content-Length", &len)],
-                            &body,
-                        );
+                        let r = server.infer_binary(&len, &body);
                         assert_eq!(r.status, 200, "{}", text(&r.body));
                         latencies.push(t0.elapsed().as_secs_f64());
                     }
