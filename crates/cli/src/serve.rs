@@ -86,6 +86,18 @@ pub struct ServeArgs {
     #[arg(long, default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
     max_body: u64,
 
+    /// A request's headers must arrive within this; idle keep-alive connections close after it
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "TIME")]
+    header_timeout: Duration,
+
+    /// A request's body must arrive within this, or the request gets 408 (slow uploads)
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "TIME")]
+    body_timeout: Duration,
+
+    /// Open connections at most; further clients wait in the listen backlog
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+
     /// Refuse images with more pixels than this (decompression bombs)
     #[arg(long, default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
@@ -186,6 +198,9 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         request_timeout: args.request_timeout,
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        max_connections: args.max_connections,
         shutdown_timeout: args.shutdown_timeout,
         prices,
         weights,

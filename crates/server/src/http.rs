@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,9 +16,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use singlepoint_model::classify_row;
+use singlepoint_protocol::{form, oip};
 
 use crate::metrics::{self, load, render_model_histograms, render_model_values};
-use crate::oip;
 use crate::service::{Answer, Failure, FailureKind, ItemInput, ModelService, Source, Ticket};
 use crate::AppState;
 
@@ -111,6 +111,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            read_body_in_time,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             refuse_declared_oversize,
         ))
         .with_state(state)
@@ -140,6 +144,42 @@ async fn refuse_declared_oversize(
         .into_response(),
         _ => next.run(request).await,
     }
+}
+
+/// Reads the whole body before routing, within `--body-timeout` (408 after it: a slow-loris
+/// upload holds its connection for that long at most) and `--max-body` (413 past it, for
+/// bodies that declared no length or a false one).
+async fn read_body_in_time(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use http_body_util::BodyExt;
+
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_body_bytes;
+    let timeout = state.config.body_timeout;
+    let read = http_body_util::Limited::new(body, limit).collect();
+    let body = match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than the server's limit (--max-body): more than {limit} bytes"),
+            )
+            .into_response()
+        }
+        Ok(Err(e)) => return ApiError::bad_request(format!("cannot read the request body: {e}")).into_response(),
+        Err(_) => {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the request body did not arrive within --body-timeout ({timeout:?})"),
+            )
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
 }
 
 /// Every route, as `openapi.json` must describe it (checked by a test).
@@ -511,44 +551,28 @@ async fn classify_inner(
     query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> ApiResult {
-    let multipart = request
+    let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let files: Vec<(String, Bytes)> =
-        if multipart {
-            let mut form = Multipart::from_request(request, state).await.map_err(|e| {
-                ApiError::new(e.status(), format!("bad multipart form: {}", e.body_text()))
-            })?;
-            let mut files = Vec::new();
-            loop {
-                let field = form.next_field().await.map_err(|e| {
-                    ApiError::new(e.status(), body_problem(e.status(), &e.body_text()))
-                })?;
-                let Some(field) = field else { break };
-                let name = field
-                    .file_name()
-                    .or(field.name())
-                    .map_or_else(|| format!("file {}", files.len()), str::to_string);
-                let bytes = field.bytes().await.map_err(|e| {
-                    ApiError::new(e.status(), body_problem(e.status(), &e.body_text()))
-                })?;
-                files.push((name, bytes));
-            }
-            if files.is_empty() {
-                return Err(ApiError::bad_request("the form has no files"));
-            }
-            files
-        } else {
-            let body = Bytes::from_request(request, state).await?;
-            if body.is_empty() {
-                return Err(ApiError::bad_request(
-                    "the body is empty; send an image's bytes, or a multipart form of files",
-                ));
-            }
-            vec![("body".to_string(), body)]
-        };
+        .unwrap_or_default()
+        .to_string();
+    let multipart = form::is_form(&content_type);
+    let body = Bytes::from_request(request, state).await?;
+    let files: Vec<(String, Bytes)> = if multipart {
+        form::parse(&content_type, body)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .into_iter()
+            .map(|f| (f.name, f.bytes))
+            .collect()
+    } else {
+        if body.is_empty() {
+            return Err(ApiError::bad_request(
+                "the body is empty; send an image's bytes, or a multipart form of files",
+            ));
+        }
+        vec![("body".to_string(), body)]
+    };
     // The body is read before the request is judged, so that a client uploading a large
     // body gets the answer rather than a connection closed under it.
     let service = find_model(state, params)?;

@@ -4,14 +4,14 @@
 //!
 //! - [`service`]: one model's serving path: key → cache → coalescing → admission → decode
 //!   pool → dynamic batcher → engine instances → cache → every waiter.
-//! - [`oip`]: the protocol's request parsing (JSON and binary framing) and responses.
+//! - `singlepoint-protocol` (its own crate, fuzzed): the protocol's request parsing (JSON and
+//!   binary framing), responses, and multipart classify forms.
 //! - [`http`]: routes, handlers, errors as `{"error": ...}`, the metrics exposition.
 //! - [`metrics`]: Prometheus counters and histograms.
 
 pub mod adaptive;
 pub mod http;
 pub mod metrics;
-pub mod oip;
 pub mod service;
 
 use std::collections::BTreeMap;
@@ -35,6 +35,13 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Larger bodies get 413 before they are read in full.
     pub max_body_bytes: usize,
+    /// A request's headers must arrive within this (slow-loris); an idle keep-alive connection
+    /// is closed after it.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this, or it gets 408.
+    pub body_timeout: Duration,
+    /// Connections open at once; the accept loop waits for a free slot beyond it.
+    pub max_connections: usize,
     /// After SIGTERM, how long requests in flight may take before the server exits anyway.
     pub shutdown_timeout: Duration,
     pub prices: Prices,
@@ -99,6 +106,15 @@ impl ServeConfig {
         }
         if self.max_body_bytes == 0 {
             return bad("max-body", "must be at least 1 byte");
+        }
+        if self.header_timeout.is_zero() {
+            return bad("header-timeout", "must be positive");
+        }
+        if self.body_timeout.is_zero() {
+            return bad("body-timeout", "must be positive");
+        }
+        if self.max_connections == 0 {
+            return bad("max-connections", "must be at least 1");
         }
         for m in models {
             if let Some(fixed) = m.manifest.max_batch() {
@@ -200,14 +216,14 @@ impl Server {
             tracing::info!("shutting down: finishing the requests in flight");
             let _ = fired_tx.send(true);
         };
-        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
         let grace = state.config.shutdown_timeout;
+        let connections = serve_connections(listener, app, &state.config, signal);
         let deadline = async move {
             let _ = fired_rx.wait_for(|&fired| fired).await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            result = server => result?,
+            () = connections => {}
             () = deadline => tracing::warn!(
                 "requests still in flight after {grace:?}; exiting anyway"
             ),
@@ -222,6 +238,60 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The accept loop: HTTP/1.1 connections with a deadline for each request's headers (so that
+/// slow-loris clients and idle keep-alive connections are closed), at most
+/// `max_connections` at once, and a graceful end: once `shutdown` completes no connection is
+/// accepted, each open one finishes the request it is serving, and this returns when all are
+/// closed. Accept errors (out of file descriptors) pause the loop instead of ending it.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: &ServeConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_accept_error = None::<std::time::Instant>;
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                        tracing::warn!("cannot accept a connection: {e}; retrying");
+                        last_accept_error = Some(std::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            // Errors here are the client's (reset, timed out, bad framing): nothing to answer.
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 #[cfg(test)]

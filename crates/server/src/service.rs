@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use singlepoint_backend::{BackendKind, Engine, Session};
 use singlepoint_cache::{CacheKey, ResultCache};
@@ -111,13 +110,7 @@ impl Source {
     }
 }
 
-/// What a request asks to be computed for one item.
-pub enum ItemInput {
-    /// Encoded image bytes: decoded and preprocessed with the model's manifest.
-    Image(Bytes),
-    /// A preprocessed row of the model's input, row-major, already checked for length.
-    Tensor(Vec<f32>),
-}
+pub use singlepoint_protocol::ItemInput;
 
 /// An item on its way: its answer, or a receiver for it.
 pub enum Ticket {

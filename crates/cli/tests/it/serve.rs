@@ -69,6 +69,11 @@ impl Server {
         }
     }
 
+    /// `host:port`, for raw sockets.
+    pub fn addr(&self) -> String {
+        self.url.trim_start_matches("http://").to_string()
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }

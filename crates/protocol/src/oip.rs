@@ -20,7 +20,7 @@ use singlepoint_core::{DType, Dim, TensorSpec};
 use singlepoint_model::labels::top_k_indices;
 use singlepoint_model::Model;
 
-use crate::service::ItemInput;
+use crate::ItemInput;
 
 /// The OIP name of a datatype.
 pub fn datatype(dtype: DType) -> &'static str {
@@ -313,11 +313,11 @@ fn parse_input(
             }
             let values = match data {
                 TensorData::Binary(bytes) => {
-                    if bytes.len() != count * 4 {
+                    if count.checked_mul(4) != Some(bytes.len()) {
                         return Err(format!(
                             "input `{name}`: binary_data_size is {} bytes but shape {dims:?} of FP32 needs {}",
                             bytes.len(),
-                            count * 4
+                            count as u128 * 4
                         ));
                     }
                     bytes
@@ -326,7 +326,8 @@ fn parse_input(
                         .collect::<Vec<f32>>()
                 }
                 TensorData::Json(value) => {
-                    let mut values = Vec::with_capacity(count);
+                    // The shape is the client's word; reserve only what the data can hold.
+                    let mut values = Vec::with_capacity(count.min(1 << 20));
                     flatten_numbers(&value, &mut values, count)
                         .map_err(|e| format!("input `{name}`: {e}"))?;
                     if values.len() != count {
@@ -696,5 +697,32 @@ mod tests {
         }
         let parts = split_bytes_elements(&Bytes::from(data)).unwrap();
         assert_eq!(parts, vec![&b"abc"[..], b"", b"de"]);
+    }
+
+    /// Found by tests/hostile (requests/shape-lies-big.json): a shape of a billion rows with
+    /// three numbers of data made the server reserve 600 TB for them, and the failed
+    /// allocation aborted the process. Now only what the data can hold is reserved.
+    #[test]
+    fn regression_shape_lies_big_reserves_nothing_for_the_claimed_shape() {
+        let err = parse(
+            r#"{"inputs":[{"name":"input","shape":[4611686018427387904,2],"datatype":"FP32","data":[1,2,3]}]}"#,
+            &[],
+        )
+        .err()
+        .unwrap();
+        assert!(
+            err.contains("needs 9223372036854775808 elements but `data` has 3"),
+            "{err}"
+        );
+    }
+
+    /// The binary twin: `count × 4` overflowed for a shape whose element count fits in a
+    /// `usize` but whose byte size does not (a panic with overflow checks on, a wrong length
+    /// compared without them).
+    #[test]
+    fn regression_binary_byte_size_overflow_is_refused() {
+        let json = r#"{"inputs":[{"name":"input","shape":[4611686018427387904,2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let err = parse(json, &[0; 8]).err().unwrap();
+        assert!(err.contains("needs 36893488147419103232"), "{err}");
     }
 }

@@ -1,0 +1,22 @@
+//! What clients send the server, parsed without the network: Open Inference Protocol v2
+//! requests with JSON or binary framing ([`oip`]) and the multipart forms of the classify
+//! endpoint ([`form`]).
+//!
+//! These are the parsers that take bytes straight from the wire, so they live apart from the
+//! server (no engine, no sockets) where `fuzz/` can drive them: every input is either parsed or
+//! refused with a message that says what was wrong; none panics or allocates more than the
+//! input justifies.
+
+pub mod form;
+pub mod oip;
+
+use bytes::Bytes;
+
+/// What a request asks to be computed for one item.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ItemInput {
+    /// Encoded image bytes: decoded and preprocessed with the model's manifest.
+    Image(Bytes),
+    /// A preprocessed row of the model's input, row-major, already checked for length.
+    Tensor(Vec<f32>),
+}
