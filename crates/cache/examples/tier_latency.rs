@@ -28,6 +28,7 @@ fn main() {
             memory_bytes: if tier == "memory" { 64 << 20 } else { 0 },
             disk: (tier == "disk").then(|| (dir.join(tier), 1 << 30)),
             ttl: None,
+            disk_page_cache_bytes: singlepoint_cache::DISK_PAGE_CACHE_BYTES,
         };
         let mut cache = ResultCache::open(&config);
         if tier == "redis" {

@@ -41,7 +41,13 @@ pub struct CacheConfig {
     pub disk: Option<(PathBuf, u64)>,
     /// Entries older than this are misses.
     pub ttl: Option<Duration>,
+    /// Memory the disk tier's page cache may use (redb's own default is 1 GiB).
+    pub disk_page_cache_bytes: u64,
 }
+
+/// The default of [`CacheConfig::disk_page_cache_bytes`]: hot entries also sit in the memory
+/// tier and the operating system's page cache, so the disk tier needs little of its own.
+pub const DISK_PAGE_CACHE_BYTES: u64 = 16 << 20;
 
 /// Counters since the cache was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -134,7 +140,7 @@ impl ResultCache {
         });
         let mut warnings = Vec::new();
         let disk = config.disk.as_ref().and_then(|(dir, max_bytes)| {
-            match disk::DiskTier::open(dir, *max_bytes) {
+            match disk::DiskTier::open(dir, *max_bytes, config.disk_page_cache_bytes) {
                 Ok(tier) => Some(tier),
                 Err(e) => {
                     warnings.push(format!("{e}; caching in memory only"));

@@ -72,6 +72,10 @@ pub struct CacheArgs {
     #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "SIZE")]
     pub cache_disk: u64,
 
+    /// Memory the disk tier's page cache may use
+    #[arg(long, default_value = "16MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub cache_disk_memory: u64,
+
     /// Cached answers older than this are recomputed: `90s`, `30m`, `12h`, `7d` (default: no
     /// expiry; answers do not go stale, since keys bind the model and the input bytes)
     #[arg(long, value_parser = parse_duration, value_name = "AGE")]
@@ -103,6 +107,7 @@ impl CacheArgs {
             disk: (self.cache_disk > 0)
                 .then(|| (cache_dir(self.cache_dir.as_deref()), self.cache_disk)),
             ttl: self.cache_ttl,
+            disk_page_cache_bytes: self.cache_disk_memory,
         })
     }
 }

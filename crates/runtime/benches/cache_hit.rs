@@ -30,6 +30,7 @@ fn bench(c: &mut Criterion) {
         memory_bytes: 64 << 20,
         disk: None,
         ttl: None,
+        disk_page_cache_bytes: singlepoint_cache::DISK_PAGE_CACHE_BYTES,
     });
     let key = CacheKey::new(&model.digest, options, &bytes);
     cache.insert(

@@ -29,6 +29,7 @@ fn config(dir: &Path, memory: u64, disk: u64) -> CacheConfig {
         memory_bytes: memory,
         disk: Some((dir.to_path_buf(), disk)),
         ttl: None,
+        disk_page_cache_bytes: singlepoint_cache::DISK_PAGE_CACHE_BYTES,
     }
 }
 
@@ -134,6 +135,7 @@ fn a_stream_of_unique_inputs_does_not_evict_the_hot_set() {
         memory_bytes: 15_000,
         disk: None,
         ttl: None,
+        disk_page_cache_bytes: singlepoint_cache::DISK_PAGE_CACHE_BYTES,
     });
     // Each of 40 hot keys is asked for once per 200 unique inputs: more uniques between two
     // requests than the cache holds, so plain LRU would have evicted it every time.
@@ -300,6 +302,7 @@ fn entries_past_their_ttl_are_misses_in_both_tiers() {
             memory_bytes: memory,
             disk: (disk > 0).then(|| (dir.path().to_path_buf(), disk)),
             ttl: Some(Duration::from_secs(1)),
+            disk_page_cache_bytes: singlepoint_cache::DISK_PAGE_CACHE_BYTES,
         });
         cache.insert(&MODEL, key(1), value(1));
         assert!(cache.get(&key(1)).is_some());

@@ -19,7 +19,7 @@ fn cases() -> Vec<Value> {
     doc.as_array().unwrap().clone()
 }
 
-fn of_kind(kind: &str) -> Vec<Value> {
+pub fn of_kind(kind: &str) -> Vec<Value> {
     cases().into_iter().filter(|c| c["kind"] == kind).collect()
 }
 
@@ -137,7 +137,7 @@ fn model_folders_that_lie_stop_classify_and_serve_with_the_field_named() {
 }
 
 /// Sends one corpus case as its own request.
-fn send_case(server: &Server, case: &Value) -> super::serve::Reply {
+pub fn send_case(server: &Server, case: &Value) -> super::serve::Reply {
     let body = std::fs::read(repo().join(hostile(s(case, "file")))).unwrap();
     let mut headers = Vec::new();
     let len = case["header_len"].as_u64().map(|n| n.to_string());
@@ -264,7 +264,7 @@ fn every_hostile_request_gets_a_4xx_that_names_the_problem_and_the_server_stays_
 
 /// Opens a connection and sends `head` (request line and headers, possibly unfinished), then
 /// trickles nothing more.
-fn stall(addr: &str, head: &str) -> TcpStream {
+pub fn stall(addr: &str, head: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.write_all(head.as_bytes()).unwrap();
     stream

@@ -69,6 +69,16 @@ impl Server {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown, no flush, no destructors.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// `host:port`, for raw sockets.
     pub fn addr(&self) -> String {
         self.url.trim_start_matches("http://").to_string()

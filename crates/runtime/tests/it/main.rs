@@ -359,6 +359,7 @@ fn cached_classifier(dir: &Path, top_k: usize) -> Classifier {
         memory_bytes: 1 << 20,
         disk: Some((dir.to_path_buf(), 1 << 24)),
         ttl: None,
+        disk_page_cache_bytes: singlepoint_cache::DISK_PAGE_CACHE_BYTES,
     }));
     classifier(
         BackendKind::Ort,
