@@ -22,7 +22,7 @@ import threading, time, urllib.request
 from importlib.metadata import version
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import free_port, header, photo_list
+from common import Side, free_port, header, photo_list
 
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 binary = os.path.join(root, "target", "release", "singlepoint")
@@ -42,92 +42,9 @@ for need, hint in [(binary, "cargo build --release"), (shutil.which("wrk"), "apt
 listing = photo_list(root, args.photos)
 
 
-def tree_rss(pid):
-    """Resident bytes of a process and all its descendants."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    total, todo = 0, [pid]
-    while todo:
-        q = todo.pop()
-        try:
-            for line in open(f"/proc/{q}/status"):
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        todo.extend(children.get(q, []))
-    return total
-
-
-class Side:
-    def __init__(self, name, cmd, url, path, mode, ready_path):
-        self.name, self.url, self.path, self.mode = name, url, path, mode
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        while True:
-            try:
-                with urllib.request.urlopen(url + ready_path, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.perf_counter() - t0 > 120:
-                sys.exit(f"{name} did not start")
-            time.sleep(0.005)
-        self.ready_s = time.perf_counter() - t0
-
-    def pause(self):
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def load(self, concurrency, seconds):
-        # Only the side under load runs: an idle LitServe polls its queues (a quarter of a core
-        # here), so the others are stopped (SIGSTOP) while one is measured.
-        os.killpg(self.proc.pid, signal.SIGCONT)
-        time.sleep(0.5)
-        peak = [0]
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss(self.proc.pid))
-                stop.wait(0.2)
-
-        sampler = threading.Thread(target=sample)
-        sampler.start()
-        out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
-             "-s", os.path.join(root, "bench", "serve.lua"), self.url + self.path, "--",
-             listing, self.mode, f"{time.time_ns()}"], capture_output=True, text=True, check=True).stdout
-        stop.set()
-        sampler.join()
-        self.pause()
-        line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
-        r = json.loads(line[len("WRKJSON "):])
-        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        r["non2xx"] = int(non2xx.group(1)) if non2xx else 0
-        r["rps"] = r["requests"] / r["seconds"]
-        r["rss_mib"] = peak[0] / 2**20
-        return r
-
-    def stop(self):
-        os.killpg(self.proc.pid, signal.SIGCONT)
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-
-
 def ours(name, extra, mode):
     port = free_port()
-    return Side(name, [binary, "serve", "--port", str(port), "--max-batch-size", "8",
+    return Side(listing, name, [binary, "serve", "--port", str(port), "--max-batch-size", "8",
                        "--max-queue-delay", "2ms", "--max-queue", "1024", *extra],
                 f"http://127.0.0.1:{port}", "/v1/models/efficientnet-lite0/classify?top_k=1", mode,
                 "/v2/health/ready")
@@ -145,10 +62,10 @@ peer_port = free_port()
 peer2_port = free_port()
 sides = [
     ours("singlepoint, cache off", ["--no-cache"], "unique"),
-    Side("LitServe peer, tuned", [sys.executable, os.path.join(root, "bench", "peer_serve.py"),
+    Side(listing, "LitServe peer, tuned", [sys.executable, os.path.join(root, "bench", "peer_serve.py"),
                                   model_dir, str(peer_port)],
          f"http://127.0.0.1:{peer_port}", "/predict", "unique", "/health"),
-    Side("LitServe peer, default workers/threads",
+    Side(listing, "LitServe peer, default workers/threads",
          [sys.executable, os.path.join(root, "bench", "peer_serve.py"), model_dir,
           str(peer2_port), "--workers", "1", "--ort-threads", "0"],
          f"http://127.0.0.1:{peer2_port}", "/predict", "unique", "/health"),

@@ -162,8 +162,9 @@ fn runtime(action: RuntimeAction) -> anyhow::Result<()> {
 /// glibc's malloc keeps up to 8 arenas per core, and a server's threads spread mixed-size
 /// allocations (bodies, decode buffers, tensors) over them until each holds its own free
 /// memory: measured under the soak's traffic, RSS grew 110 MiB in 90 s and was still climbing;
-/// with one arena per core it grew 46 MiB and levelled off. `MALLOC_ARENA_MAX` in the
-/// environment still wins.
+/// with one arena per core it levelled off (bench/results/hardening-2026-11-29.md). The price
+/// is about 4 % of cache-off throughput (bench/results/arenas-2026-11-29.md);
+/// `MALLOC_ARENA_MAX` in the environment still wins.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
