@@ -161,8 +161,9 @@ fn runtime(action: RuntimeAction) -> anyhow::Result<()> {
 
 /// glibc's malloc keeps up to 8 arenas per core, and a server's threads spread mixed-size
 /// allocations (bodies, decode buffers, tensors) over them until each holds its own free
-/// memory: measured under the soak's traffic, RSS grew 110 MiB in 90 s and was still climbing;
-/// with one arena per core it levelled off (bench/results/hardening-2026-11-29.md). The price
+/// memory: under the soak test's traffic with glibc's default, RSS at rest went 353 → 382 MiB
+/// in 120 s and was still climbing; with one arena per core it stayed at 298 MiB through 300 s
+/// (bench/results/hardening-2026-11-29.md). The price
 /// is about 4 % of cache-off throughput (bench/results/arenas-2026-11-29.md);
 /// `MALLOC_ARENA_MAX` in the environment still wins.
 fn limit_malloc_arenas() {
