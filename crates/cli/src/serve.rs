@@ -195,6 +195,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
                 max_pixels: args.max_pixels,
             },
             latency_target: args.latency_target,
+            record_batches: false,
         },
         request_timeout: args.request_timeout,
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),

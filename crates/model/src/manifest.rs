@@ -103,14 +103,45 @@ pub enum Layout {
     Nhwc,
 }
 
+/// A centre crop of the resized image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Crop {
+    pub height: u32,
+    pub width: u32,
+    /// How the offset `(size - crop) / 2` is rounded when it is not whole.
+    pub rounding: CropRounding,
+}
+
+/// The convention a reference pipeline used for the centre crop's offset. The two differ by one
+/// pixel whenever `size - crop` is odd, which moves probabilities by several points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CropRounding {
+    /// `(size - crop) // 2`, as PIL-based and TF-slim scripts compute it.
+    Floor,
+    /// `int(round((size - crop) / 2))` with Python's rounding, as torchvision's `CenterCrop`.
+    HalfEven,
+}
+
+impl CropRounding {
+    /// The offset of a crop of `crop` pixels centred in `size` pixels.
+    pub fn offset(self, size: u32, crop: u32) -> u32 {
+        let gap = size.saturating_sub(crop);
+        match self {
+            CropRounding::Floor => gap / 2,
+            CropRounding::HalfEven => round_half_even(f64::from(gap) / 2.0) as u32,
+        }
+    }
+}
+
 /// How a decoded image becomes the model's input tensor:
 /// colour conversion → resize → centre crop → `(pixel · scale − mean) / std` → layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocess {
     pub color: ColorOrder,
     pub resize: ResizePolicy,
-    /// Centre crop `(height, width)` after resizing; `None` keeps the resized image.
-    pub crop: Option<(u32, u32)>,
+    /// Centre crop after resizing; `None` keeps the resized image.
+    pub crop: Option<Crop>,
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
@@ -121,7 +152,7 @@ impl Preprocess {
     /// `(height, width)` of the tensor one image becomes.
     pub fn output_size(&self) -> (u32, u32) {
         match (self.crop, self.resize) {
-            (Some(crop), _) => crop,
+            (Some(crop), _) => (crop.height, crop.width),
             (None, ResizePolicy::Exact { width, height, .. }) => (height, width),
             // Without a crop the size depends on the image: validation rejects this for models
             // with a fixed spatial input, which is all of them today.
@@ -227,6 +258,8 @@ struct RawResize {
 struct RawCrop {
     /// `[height, width]`
     center: [u32; 2],
+    /// Required: `floor` or `half_even` (there is no safe default; see [`CropRounding`]).
+    rounding: Option<CropRounding>,
 }
 
 #[derive(Deserialize)]
@@ -334,8 +367,33 @@ impl Manifest {
                 format!("sizes must be between 1 and {MAX_SIDE}"),
             ));
         }
-        let crop = p.crop.map(|c| (c.center[0], c.center[1]));
-        if let Some((ch, cw)) = crop {
+        let crop = match p.crop {
+            None => None,
+            Some(RawCrop { rounding: None, .. }) => {
+                return Err(invalid(
+                    "preprocess.crop.rounding",
+                    "is missing: how the reference pipeline rounded the crop's offset \
+                     `(size - crop) / 2`, either `floor` (PIL and TF-slim scripts: \
+                     `(w - c) // 2`) or `half_even` (torchvision's CenterCrop); they differ \
+                     by a pixel and change the answers"
+                        .into(),
+                ))
+            }
+            Some(RawCrop {
+                center: [height, width],
+                rounding: Some(rounding),
+            }) => Some(Crop {
+                height,
+                width,
+                rounding,
+            }),
+        };
+        if let Some(Crop {
+            height: ch,
+            width: cw,
+            ..
+        }) = crop
+        {
             if ch == 0 || cw == 0 {
                 return Err(invalid(
                     "preprocess.crop.center",
@@ -563,10 +621,11 @@ mod tests {
                 "preprocess.std",
             ),
             (
-                "\"crop\": { \"center\": [224, 224] },",
+                "\"crop\": { \"center\": [224, 224], \"rounding\": \"floor\" },",
                 "",
                 "preprocess.crop",
             ),
+            (", \"rounding\": \"floor\"", "", "preprocess.crop.rounding"),
             (
                 "\"center\": [224, 224]",
                 "\"center\": [300, 224]",

@@ -13,7 +13,7 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 
 use crate::decode::RgbImage;
 use crate::manifest::{
-    round_half_even, ColorOrder, Layout, Preprocess, ResizeFilter, ResizePolicy,
+    ColorOrder, Crop, CropRounding, Layout, Preprocess, ResizeFilter, ResizePolicy,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -138,18 +138,15 @@ struct SourceCrop {
 }
 
 /// The source region that a resize to the policy's size followed by the centre crop keeps.
-fn source_crop(
-    resize: ResizePolicy,
-    crop: Option<(u32, u32)>,
-    width: u32,
-    height: u32,
-) -> SourceCrop {
+fn source_crop(resize: ResizePolicy, crop: Option<Crop>, width: u32, height: u32) -> SourceCrop {
     let (target_w, target_h) = resize.target_size(width, height);
-    let (crop_h, crop_w) = crop.unwrap_or((target_h, target_w));
+    let (crop_h, crop_w, rounding) = match crop {
+        Some(c) => (c.height, c.width, c.rounding),
+        None => (target_h, target_w, CropRounding::Floor),
+    };
     let (crop_h, crop_w) = (crop_h.min(target_h), crop_w.min(target_w));
-    // torchvision's CenterCrop: int(round((size - crop) / 2)), Python rounding (half to even).
-    let left = round_half_even(f64::from(target_w - crop_w) / 2.0);
-    let top = round_half_even(f64::from(target_h - crop_h) / 2.0);
+    let left = f64::from(rounding.offset(target_w, crop_w));
+    let top = f64::from(rounding.offset(target_h, crop_h));
     let sx = f64::from(width) / f64::from(target_w);
     let sy = f64::from(height) / f64::from(target_h);
     SourceCrop {
@@ -240,7 +237,7 @@ mod tests {
     fn config(
         color: ColorOrder,
         layout: Layout,
-        crop: Option<(u32, u32)>,
+        crop: Option<Crop>,
         resize: ResizePolicy,
     ) -> Preprocess {
         let c = color.channels();
@@ -270,20 +267,38 @@ mod tests {
         }
     }
 
+    fn square(side: u32, rounding: CropRounding) -> Option<Crop> {
+        Some(Crop {
+            height: side,
+            width: side,
+            rounding,
+        })
+    }
+
     #[test]
-    fn crop_matches_torchvision_offsets() {
-        // 640×427 → 384×256, crop 224: left = 80, top = 16.
-        let c = source_crop(shorter(256), Some((224, 224)), 640, 427);
-        let sx = 640.0 / 384.0;
-        assert!((c.left - 80.0 * sx).abs() < 1e-9);
-        assert!((c.width - 224.0 * sx).abs() < 1e-9);
-        assert!((c.top - 16.0 * 427.0 / 256.0).abs() < 1e-9);
-        // 451×300 → 385×256: left = round(80.5) = 80, half to even.
-        let c = source_crop(shorter(256), Some((224, 224)), 451, 300);
-        assert!((c.left - 80.0 * 451.0 / 385.0).abs() < 1e-9);
-        assert_eq!(round_half_even(2.5), 2.0);
-        assert_eq!(round_half_even(3.5), 4.0);
-        assert_eq!(round_half_even(3.2), 3.0);
+    fn crop_offsets_follow_the_declared_rounding() {
+        for rounding in [CropRounding::Floor, CropRounding::HalfEven] {
+            // 640×427 → 384×256, crop 224: left = 80, top = 16 either way.
+            let c = source_crop(shorter(256), square(224, rounding), 640, 427);
+            let sx = 640.0 / 384.0;
+            assert!((c.left - 80.0 * sx).abs() < 1e-9);
+            assert!((c.width - 224.0 * sx).abs() < 1e-9);
+            assert!((c.top - 16.0 * 427.0 / 256.0).abs() < 1e-9);
+            // 451×300 → 385×256: left = 80.5 → 80 both ways (80 is even).
+            let c = source_crop(shorter(256), square(224, rounding), 451, 300);
+            assert!((c.left - 80.0 * 451.0 / 385.0).abs() < 1e-9);
+        }
+        // 741×500 → 379×256: left = 77.5, which PIL scripts floor to 77 and torchvision
+        // rounds to the even 78.
+        let floor = source_crop(shorter(256), square(224, CropRounding::Floor), 741, 500);
+        let even = source_crop(shorter(256), square(224, CropRounding::HalfEven), 741, 500);
+        let sx = 741.0 / 379.0;
+        assert!((floor.left - 77.0 * sx).abs() < 1e-9, "{floor:?}");
+        assert!((even.left - 78.0 * sx).abs() < 1e-9, "{even:?}");
+        assert_eq!(CropRounding::HalfEven.offset(229, 224), 2);
+        assert_eq!(CropRounding::HalfEven.offset(231, 224), 4);
+        assert_eq!(CropRounding::Floor.offset(231, 224), 3);
+        assert_eq!(CropRounding::Floor.offset(200, 224), 0);
     }
 
     #[test]
@@ -334,7 +349,7 @@ mod tests {
         let mut p = Preprocessor::new(&config(
             ColorOrder::Rgb,
             Layout::Nchw,
-            Some((4, 4)),
+            square(4, CropRounding::HalfEven),
             shorter(8),
         ));
         let mut short = vec![0.0; 3];
@@ -355,7 +370,7 @@ mod tests {
         /// values within the range the normalisation allows.
         #[test]
         fn any_size_gives_a_full_finite_item(w in 1u32..600, h in 1u32..600, v in any::<u8>()) {
-            let mut p = Preprocessor::new(&config(ColorOrder::Rgb, Layout::Nchw, Some((16, 16)), shorter(20)));
+            let mut p = Preprocessor::new(&config(ColorOrder::Rgb, Layout::Nchw, square(16, CropRounding::Floor), shorter(20)));
             let mut out = vec![f32::NAN; p.item_len()];
             p.run(&solid(w, h, [v, v, v]), &mut out).unwrap();
             let expected = (f32::from(v) - 127.0) / 128.0;
@@ -367,7 +382,7 @@ mod tests {
         /// Whatever the image's size, the region resampled lies inside it.
         #[test]
         fn crop_region_stays_inside_the_source(w in 1u32..5000, h in 1u32..5000) {
-            let c = source_crop(shorter(256), Some((224, 224)), w, h);
+            let c = source_crop(shorter(256), square(224, CropRounding::HalfEven), w, h);
             prop_assert!(c.left >= 0.0 && c.top >= 0.0);
             prop_assert!(c.left + c.width <= f64::from(w) + 1e-6);
             prop_assert!(c.top + c.height <= f64::from(h) + 1e-6);

@@ -1,20 +1,33 @@
-//! The single data path of a `classify` run: inputs ([`inputs`]) → engine choice
-//! ([`engine`]) → the bounded parallel pipeline ([`pipeline`]) that reads, decodes,
-//! preprocesses, batches, runs the engine and postprocesses, returning results in input order
-//! with where the CPU time went.
+//! The single point and what runs on it.
 //!
-//! The cost meter ([`cost`]) prices every run in the design's terms.
+//! - [`service`]: one model's path from an item to its answer — key → result cache →
+//!   in-flight coalescing → admission → preprocessing → dynamic batcher → engine sessions →
+//!   cache insert → every waiter. Every front-end drives it: `serve` per request, `classify`
+//!   through [`pipeline`], the tuner through `classify`'s path.
+//! - [`task`]: the seam between the core and what is model-specific (how an input becomes the
+//!   model's input, what the cache stores, how a row becomes an answer).
+//! - [`pipeline`]: a bounded, ordered, streaming run over files ([`inputs`]) on the core.
+//! - [`adaptive`]: the online batching controller; [`metrics`]: what the core counts.
+//! - [`engine`]: engine choice and fallback; [`cost`]: the cost meter; [`tune`]: the search.
 
+pub mod adaptive;
 pub mod cost;
 pub mod cputime;
 pub mod engine;
 pub mod inputs;
+pub mod metrics;
 pub mod pipeline;
+pub mod service;
+pub mod task;
 pub mod tune;
 
 pub use engine::{ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine};
 pub use inputs::{InputEntry, Inputs};
-pub use pipeline::{AnswerSource, Classifier, ItemError, ItemResult, PipelineConfig, RunStats};
+pub use pipeline::{AnswerSource, Classifier, ItemResult, PipelineConfig, RunStats};
+pub use service::{
+    Answer, BatchConfig, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket,
+};
+pub use task::{ImageClassification, Task};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

@@ -15,11 +15,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use singlepoint_model::classify_row;
 use singlepoint_protocol::{form, oip};
 
 use crate::metrics::{self, load, render_model_histograms, render_model_values};
-use crate::service::{Answer, Failure, FailureKind, ItemInput, ModelService, Source, Ticket};
+use crate::service::{Answer, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket};
 use crate::AppState;
 
 /// An error answered as `{"error": "..."}` with its status.
@@ -42,16 +41,16 @@ impl ApiError {
     }
 }
 
-impl From<Failure> for ApiError {
-    fn from(f: Failure) -> ApiError {
-        let status = match f.kind {
+impl From<ItemError> for ApiError {
+    fn from(f: ItemError) -> ApiError {
+        let status = match f.kind() {
             FailureKind::BadInput => StatusCode::BAD_REQUEST,
             FailureKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             FailureKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, f.message)
+        ApiError::new(status, f.to_string())
     }
 }
 
@@ -422,7 +421,7 @@ async fn run_items(
 }
 
 /// The most serious failure among the outcomes, as the request's status.
-fn request_failure(outcomes: &[Answer]) -> Option<Failure> {
+fn request_failure(outcomes: &[Answer]) -> Option<ItemError> {
     let rank = |k: FailureKind| match k {
         FailureKind::Unavailable => 0,
         FailureKind::Overloaded => 1,
@@ -433,7 +432,7 @@ fn request_failure(outcomes: &[Answer]) -> Option<Failure> {
     outcomes
         .iter()
         .filter_map(|o| o.as_ref().err())
-        .min_by_key(|f| rank(f.kind))
+        .min_by_key(|f| rank(f.kind()))
         .cloned()
 }
 
@@ -595,7 +594,7 @@ async fn classify_inner(
         .unzip();
     let outcomes = run_items(state, &service, items).await?;
     // Only a bad file is reported in its place; anything else fails the request.
-    if let Some(f) = request_failure(&outcomes).filter(|f| f.kind != FailureKind::BadInput) {
+    if let Some(f) = request_failure(&outcomes).filter(|f| f.kind() != FailureKind::BadInput) {
         return Err(f.into());
     }
     if !multipart {
@@ -609,13 +608,7 @@ async fn classify_inner(
         .zip(outcomes)
         .map(|(name, outcome)| match outcome {
             Ok((row, source)) => {
-                let c = classify_row(
-                    &row,
-                    model.manifest.activation,
-                    top_k,
-                    model.labels.as_ref(),
-                    model.groups.as_ref(),
-                );
+                let c = singlepoint_runtime::task::answer(model, &row, top_k);
                 // The same shape as `classify --format json`.
                 let top: Vec<Value> = c
                     .top
@@ -630,7 +623,7 @@ async fn classify_inner(
                     "source": source.as_str(),
                 })
             }
-            Err(f) => json!({ "name": name, "error": f.message }),
+            Err(f) => json!({ "name": name, "error": f.to_string() }),
         })
         .collect();
     Ok(Json(json!({

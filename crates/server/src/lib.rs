@@ -2,17 +2,19 @@
 //! v2 REST protocol that Triton and `tritonclient` speak, with the binary tensor extension) and
 //! a plain classify endpoint for a photo and curl.
 //!
-//! - [`service`]: one model's serving path: key → cache → coalescing → admission → decode
-//!   pool → dynamic batcher → engine instances → cache → every waiter.
+//! - The serving path itself (key → cache → coalescing → admission → preprocessing pool →
+//!   dynamic batcher → engine instances → cache → every waiter) is the single point in
+//!   `singlepoint_runtime::service`, the same one `classify` drives; this crate holds HTTP only:
+//!   routes, protocol encoding, limits.
 //! - `singlepoint-protocol` (its own crate, fuzzed): the protocol's request parsing (JSON and
 //!   binary framing), responses, and multipart classify forms.
 //! - [`http`]: routes, handlers, errors as `{"error": ...}`, the metrics exposition.
 //! - [`metrics`]: Prometheus counters and histograms.
 
-pub mod adaptive;
 pub mod http;
 pub mod metrics;
-pub mod service;
+
+pub use singlepoint_runtime::{adaptive, service};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -24,6 +26,7 @@ use singlepoint_backend::Engine;
 use singlepoint_cache::ResultCache;
 use singlepoint_model::Model;
 use singlepoint_runtime::cost::{Prices, RssSampler, Weights};
+use singlepoint_runtime::ImageClassification;
 
 pub use service::{BatchConfig, ModelService};
 
@@ -171,11 +174,13 @@ impl Server {
             if services.contains_key(&name) {
                 return Err(ServeError::DuplicateModel(name));
             }
-            let service = ModelService::start(model, engine, cache.clone(), config.batch.clone())
-                .map_err(|source| ServeError::Start {
-                model: name.clone(),
-                source,
-            })?;
+            let task = Arc::new(ImageClassification::new(model.clone(), config.batch.limits));
+            let service =
+                ModelService::start(model, task, engine, cache.clone(), config.batch.clone())
+                    .map_err(|source| ServeError::Start {
+                        model: name.clone(),
+                        source,
+                    })?;
             services.insert(name, Arc::new(service));
         }
         Ok(Server {
@@ -282,6 +287,8 @@ async fn serve_connections(
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_timeout)
+            // A client that shuts down its write side after the request still gets the answer.
+            .half_close(true)
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

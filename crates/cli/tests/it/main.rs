@@ -263,26 +263,37 @@ fn a_second_run_is_answered_from_the_disk_cache_without_inference() {
     );
     assert!(stderr.contains(" 0 model executions"), "{stderr}");
 
-    // Other options that change the answer are other keys.
-    let third =
-        singlepoint_with_cache(&["classify", "photos/", "--top-k", "2"], None, cache.path());
-    assert!(
-        text(&third.stderr).contains("0% hits"),
-        "{}",
-        text(&third.stderr)
+    // Entries are the model's outputs: another top-k is derived from them, not recomputed.
+    let third = singlepoint_with_cache(
+        &["classify", "photos/", "--top-k", "2", "--format", "jsonl"],
+        None,
+        cache.path(),
     );
+    let stderr = text(&third.stderr);
+    assert!(stderr.contains("100% hits"), "{stderr}");
+    assert!(stderr.contains(" 0 model executions"), "{stderr}");
+    let first_top2: Vec<usize> = text(&third.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["top_k"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(first_top2, vec![2; 7]);
 
     let dir = cache.path().display().to_string();
     let verify = singlepoint(&["cache", "verify", "--cache-dir", &dir], None);
     assert!(verify.status.success());
     assert!(
-        text(&verify.stdout).contains("checked 14 entries: 0 corrupt"),
+        text(&verify.stdout).contains("checked 7 entries: 0 corrupt"),
         "{}",
         text(&verify.stdout)
     );
     let clear = singlepoint(&["cache", "clear", "--cache-dir", &dir], None);
     assert!(
-        text(&clear.stdout).contains("removed 14 entries"),
+        text(&clear.stdout).contains("removed 7 entries"),
         "{}",
         text(&clear.stdout)
     );

@@ -788,6 +788,104 @@ fn overload_is_refused_with_429_and_the_server_survives() {
     assert_eq!(reply.json()["results"][0]["label"], "espresso");
 }
 
+/// `classify` and `serve` drive the same single point and share its cache entries: photos that
+/// `classify` computed are cache hits for the server, and the model never runs.
+#[test]
+fn photos_classify_computed_are_served_from_the_cache_without_running_the_model() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().display().to_string();
+    let out = super::singlepoint_with_cache(
+        &[
+            "classify",
+            "--format",
+            "jsonl",
+            "--cache-dir",
+            &dir,
+            "photos/",
+        ],
+        None,
+        cache.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let computed: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(computed.len(), 7);
+    let server = Server::start(&["--cache-dir", &dir]);
+    let mut names: Vec<_> = std::fs::read_dir(repo().join("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".png") || n.ends_with(".jpg"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), computed.len());
+    for (name, classified) in names.iter().zip(&computed) {
+        let reply = server.send(
+            "POST",
+            &format!("/v1/models/{MODEL}/classify?top_k=5"),
+            &[],
+            &photo(name),
+        );
+        assert_eq!(reply.status, 200, "{name}: {}", text(&reply.body));
+        let result = &reply.json()["results"][0];
+        assert_eq!(result["cached"], json!(true), "{name}: {result}");
+        assert_eq!(result["label"], classified["label"], "{name}");
+        let served: Vec<&Value> = result["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| &t["class"])
+            .collect();
+        let offline: Vec<&Value> = classified["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| &t["class"])
+            .collect();
+        assert_eq!(served, offline, "{name}");
+    }
+    assert_eq!(
+        server.metric("singlepoint_model_executions_total", MODEL),
+        0.0
+    );
+}
+
+/// A client that shuts down its write side once the request is sent (`nc -N`, some proxies)
+/// still gets its answer: the read EOF does not close the connection.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--no-cache"]);
+    let addr = server.addr();
+    let body = photo("coffee.png");
+    for (what, path) in [
+        ("classify", format!("/v1/models/{MODEL}/classify?top_k=1")),
+        ("health", "/v2/health/ready".to_string()),
+    ] {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        let payload: &[u8] = if what == "classify" { &body } else { &[] };
+        let method = if what == "classify" { "POST" } else { "GET" };
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n",
+            payload.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(payload).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let response = text(&response);
+        assert!(response.starts_with("HTTP/1.1 200"), "{what}: {response:?}");
+        if what == "classify" {
+            assert!(response.contains("espresso"), "{response}");
+        }
+    }
+}
+
 #[test]
 fn a_request_past_its_deadline_gets_504() {
     let server = Server::start(&["--no-cache", "--request-timeout", "1ms"]);
@@ -1052,13 +1150,26 @@ fn the_batcher_adapts_to_a_step_in_load_and_back() {
         low_batch < 1.2,
         "mean batch {low_batch} under a lone client"
     );
-    // High: 16 independent users, 60 requests a second in all. Waiting gains items, so the
-    // delay grows and batches with it (measured after 2.5 s to follow the step), within what
-    // the fitted model (compute = a·batch + b) allows in half the target.
-    let (mut high, _, _) = phase(16, 2.5, 2, Some(16.0 / 60.0));
-    let (high_rest, high_delay, high_batch) = phase(16, 3.0, 4, Some(16.0 / 60.0));
+    // High: 16 independent users arriving at 70 % of what this machine serves one at a time
+    // (measured by the lone client; 60 requests a second where that took 10 ms). Waiting gains
+    // items, so the delay grows and batches with it (measured after 2.5 s to follow the step),
+    // within what the fitted model (compute = a·batch + b) allows in half the target.
+    let alone = low.iter().sum::<f64>() / low.len().max(1) as f64;
+    let rate = 0.7 / alone.max(1e-3);
+    let (mut high, _, _) = phase(16, 2.5, 2, Some(16.0 / rate));
+    let (high_rest, high_delay, high_batch) = phase(16, 3.0, 4, Some(16.0 / rate));
     high.extend(high_rest);
-    assert!(high_delay > 0.01, "mean delay {high_delay} s under load");
+    eprintln!(
+        "lone client {:.1} ms per request; high phase {rate:.0} req/s: mean delay {:.1} ms, \
+         mean batch {high_batch:.2}",
+        alone * 1e3,
+        high_delay * 1e3
+    );
+    // A delay worth a sizeable part of the gap between arrivals.
+    assert!(
+        high_delay > 0.4 / rate,
+        "mean delay {high_delay} s under load"
+    );
     assert!(high_batch > 2.0, "mean batch {high_batch} under load");
     assert!(
         high_delay > 4.0 * low_delay,

@@ -1,22 +1,26 @@
-//! One model's serving path:
+//! The single point: one model's path from an item to its answer, driven by every front-end
+//! (`classify` over files, `serve` over HTTP, the tuner).
 //!
 //! ```text
-//!  request item ─▶ key ─▶ cache? ──hit──────────────────────────────────────────────▶ answer
-//!                          │miss
-//!                          ▼
-//!                  in flight already? ──yes: wait for that computation────────────────▶ answer
-//!                          │no: lead it
-//!                          ▼
-//!                  admit (bounded; full → 429) ─▶ decode pool (images) ─▶ batch queue
-//!                                                                             │
-//!            instance threads × N: take a batch (max size, max delay, preferred sizes)
-//!            ─▶ one engine run ─▶ cache insert ─▶ every waiter of each key ──▶ answer
+//!  item ─▶ key ─▶ cache? ──hit─────────────────────────────────────────────────────▶ answer
+//!                  │miss
+//!                  ▼
+//!          in flight already? ──yes: wait for that computation────────────────────▶ answer
+//!                  │no: lead it
+//!                  ▼
+//!          admit (bounded; full → Overloaded) ─▶ preprocessing pool ─▶ batch queue
+//!                                                  (or, with no pool, the instance
+//!                                                   prepares its own batch)  │
+//!          instance threads × N: take a batch (max size, max delay, preferred sizes)
+//!          ─▶ one engine run ─▶ cache insert ─▶ every waiter of each key ─────────▶ answer
 //! ```
 //!
-//! The unit of work is one item (one image or one tensor row); its answer is the model's output
-//! row. Rows are what the cache stores, so any top-k or output format is derived from a hit
-//! without running the model. The computation of an admitted item does not depend on the
-//! request that led it: a client that hangs up does not cancel it, and its answer is cached.
+//! What is model-specific (how an input becomes the model's input, what an entry encodes) is
+//! the [`Task`]'s. The unit of work is one item (one image or one tensor row); its answer is
+//! the model's output row. Rows are what the cache stores, so any top-k or output format, from
+//! any front-end, is derived from a hit without running the model. The computation of an
+//! admitted item does not depend on the caller that led it: a caller that gives up does not
+//! cancel it, and its answer is cached.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -29,13 +33,17 @@ use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvEr
 use singlepoint_backend::{BackendKind, Engine, Session};
 use singlepoint_cache::{CacheKey, ResultCache};
 use singlepoint_core::{Tensor, TensorSpec};
-use singlepoint_model::{decode_rgb, DecodeLimits, Model, Preprocessor};
+use singlepoint_model::{DecodeLimits, Model};
 use tokio::sync::oneshot;
 
 use crate::adaptive::Adaptive;
-use crate::metrics::ModelMetrics;
+use crate::cputime::thread_cpu_time;
+use crate::metrics::{ModelMetrics, StageCpu};
+use crate::task::{Prepare, PrepareTimes, Task};
 
-/// How one model is batched and run. Validated by [`crate::ServeConfig::validate`].
+pub use singlepoint_protocol::ItemInput;
+
+/// How one model is batched and run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchConfig {
     /// Engine instances (sessions) running batches in parallel, one thread each.
@@ -46,50 +54,78 @@ pub struct BatchConfig {
     pub max_queue_delay: Duration,
     /// Sizes at which a batch goes at once when nothing more is waiting.
     pub preferred_batch_sizes: Vec<usize>,
-    /// Threads decoding and preprocessing images.
+    /// Threads decoding and preprocessing inputs. With 0, each instance prepares the batch it
+    /// takes before running it: on a machine where every core is needed for both stages, N
+    /// threads doing both never oversubscribe the cores (what `classify` uses).
     pub decode_workers: usize,
-    /// Items admitted and not yet answered; beyond this, requests are refused with 429.
+    /// Items admitted and not yet answered; beyond this, items are refused as overloaded.
     pub max_queue: usize,
     pub limits: DecodeLimits,
     /// With a target, batch size (up to `max_batch_size`) and queue delay follow the load
     /// online ([`crate::adaptive`]); without, they are fixed.
     pub latency_target: Option<Duration>,
+    /// Keep the wall time and size of every engine batch (the tuner's latency measure); off
+    /// for a long-running server, where the list would grow without bound.
+    pub record_batches: bool,
 }
 
-/// Why an item has no answer. Cloned to every request waiting for the same computation.
+/// Why one item has no answer. Cloned to every caller waiting for the same computation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
+pub enum ItemError {
+    #[error("{0}")]
+    Input(String),
+    #[error("cannot read: {0}")]
+    Read(String),
+    #[error("{0}")]
+    Decode(#[from] singlepoint_model::DecodeError),
+    #[error("cannot preprocess: {0}")]
+    Preprocess(String),
+    #[error("the decoder crashed on this input: {0}")]
+    DecoderPanic(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
 }
 
+/// The kinds of failure a front-end tells apart (the server's status codes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
-    /// The input itself is wrong (not an image, too many pixels, ...): 400.
+    /// The input itself is wrong (not an image, too many pixels, ...).
     BadInput,
-    /// The queue is full: 429 with Retry-After.
+    /// The queue is full: retry later.
     Overloaded,
-    /// The server is shutting down: 503.
+    /// The model is shutting down.
     Unavailable,
-    /// The deadline passed before the answer: 504.
+    /// The deadline passed before the answer.
     Timeout,
-    /// The engine failed: 500.
+    /// The engine failed.
     Internal,
 }
 
-impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Failure {
-        Failure {
-            kind,
-            message: message.into(),
+impl ItemError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ItemError::Input(_)
+            | ItemError::Read(_)
+            | ItemError::Decode(_)
+            | ItemError::Preprocess(_)
+            | ItemError::DecoderPanic(_) => FailureKind::BadInput,
+            ItemError::Inference(_) => FailureKind::Internal,
+            ItemError::Overloaded(_) => FailureKind::Overloaded,
+            ItemError::Unavailable(_) => FailureKind::Unavailable,
+            ItemError::Timeout(_) => FailureKind::Timeout,
         }
     }
 }
 
-pub type Outcome = Result<Arc<[f32]>, Failure>;
+pub type Outcome = Result<Arc<[f32]>, ItemError>;
 /// An answered item: its output row and where it came from.
-pub type Answer = Result<(Arc<[f32]>, Source), Failure>;
+pub type Answer = Result<(Arc<[f32]>, Source), ItemError>;
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,62 +146,67 @@ impl Source {
     }
 }
 
-pub use singlepoint_protocol::ItemInput;
-
 /// An item on its way: its answer, or a receiver for it.
 pub enum Ticket {
     Ready(Answer),
     Waiting(oneshot::Receiver<Outcome>, Source),
 }
 
+fn abandoned() -> ItemError {
+    ItemError::Inference("the computation was abandoned".into())
+}
+
 impl Ticket {
-    /// Waits for the answer until `deadline`.
-    pub async fn wait(
-        self,
-        deadline: tokio::time::Instant,
-    ) -> Result<(Arc<[f32]>, Source), Failure> {
+    /// Waits for the answer until `deadline` (from async code).
+    pub async fn wait(self, deadline: tokio::time::Instant) -> Answer {
         match self {
             Ticket::Ready(r) => r,
             Ticket::Waiting(rx, source) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(outcome)) => outcome.map(|row| (row, source)),
-                Ok(Err(_)) => Err(Failure::new(
-                    FailureKind::Internal,
-                    "the computation was abandoned",
+                Ok(Err(_)) => Err(abandoned()),
+                Err(_) => Err(ItemError::Timeout(
+                    "the request deadline passed before the answer was ready".into(),
                 )),
-                Err(_) => Err(Failure::new(
-                    FailureKind::Timeout,
-                    "the request deadline passed before the answer was ready",
-                )),
+            },
+        }
+    }
+
+    /// Blocks the calling thread until the answer is there (never from async code).
+    pub fn wait_blocking(self) -> Answer {
+        match self {
+            Ticket::Ready(r) => r,
+            Ticket::Waiting(rx, source) => match rx.blocking_recv() {
+                Ok(outcome) => outcome.map(|row| (row, source)),
+                Err(_) => Err(abandoned()),
             },
         }
     }
 }
 
-/// The cached answers' encoding, bound into every key with the kind of input.
-const ROW_IMAGE: &[u8] = b"output-row-f32le-v1;input=encoded-image";
-const ROW_TENSOR: &[u8] = b"output-row-f32le-v1;input=tensor-f32le";
-
+/// An admitted item on its way to an engine run.
 struct Job {
-    key: CacheKey,
-    admitted: Instant,
-    deadline: Instant,
-    input: ItemInput,
-}
-
-struct Prepared {
     key: CacheKey,
     admitted: Instant,
     /// When it entered the batch queue.
     queued: Instant,
     deadline: Instant,
-    data: Vec<f32>,
+    work: Work,
+}
+
+enum Work {
+    /// Still to be prepared by the task.
+    Raw(ItemInput),
+    /// One item of the model's input.
+    Ready(Vec<f32>),
 }
 
 type Waiters = Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>;
 
-/// State shared by the request side and the worker threads.
+/// State shared by the callers' side and the worker threads.
 struct Shared {
     model: Arc<Model>,
+    task: Arc<dyn Task>,
+    item_shape: Vec<usize>,
     cache: Option<Arc<ResultCache>>,
     in_flight: Waiters,
     admitted: AtomicUsize,
@@ -173,23 +214,25 @@ struct Shared {
     metrics: ModelMetrics,
     config: BatchConfig,
     adaptive: Option<Adaptive>,
+    batches: Mutex<Vec<(Duration, usize)>>,
 }
 
-/// A model being served.
+/// A model being served: the one path every front-end drives.
 pub struct ModelService {
     shared: Arc<Shared>,
     engine_kind: BackendKind,
     input: TensorSpec,
     output: TensorSpec,
     decode_tx: Mutex<Option<Sender<Job>>>,
-    batch_tx: Mutex<Option<Sender<Prepared>>>,
+    batch_tx: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl ModelService {
-    /// Creates the engine sessions and starts the decode and instance threads.
+    /// Creates the engine sessions and starts the preprocessing and instance threads.
     pub fn start(
         model: Arc<Model>,
+        task: Arc<dyn Task>,
         engine: Arc<dyn Engine>,
         cache: Option<Arc<ResultCache>>,
         config: BatchConfig,
@@ -199,6 +242,8 @@ impl ModelService {
             .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared {
             model: model.clone(),
+            item_shape: task.item_shape(),
+            task,
             cache,
             in_flight: Mutex::new(HashMap::new()),
             admitted: AtomicUsize::new(0),
@@ -208,10 +253,11 @@ impl ModelService {
             adaptive: config
                 .latency_target
                 .map(|t| Adaptive::new(t, config.max_batch_size)),
+            batches: Mutex::new(Vec::new()),
         });
         // Admission bounds what is queued; the channels themselves need no bound.
         let (decode_tx, decode_rx) = unbounded::<Job>();
-        let (batch_tx, batch_rx) = unbounded::<Prepared>();
+        let (batch_tx, batch_rx) = unbounded::<Job>();
         let mut threads = Vec::new();
         let name = &model.manifest.name;
         for (i, session) in sessions.into_iter().enumerate() {
@@ -240,7 +286,7 @@ impl ModelService {
             engine_kind: engine.kind(),
             input: engine.input().clone(),
             output: engine.output().clone(),
-            decode_tx: Mutex::new(Some(decode_tx)),
+            decode_tx: Mutex::new((config.decode_workers > 0).then_some(decode_tx)),
             batch_tx: Mutex::new(Some(batch_tx)),
             threads: Mutex::new(threads),
         })
@@ -248,6 +294,10 @@ impl ModelService {
 
     pub fn model(&self) -> &Model {
         &self.shared.model
+    }
+
+    pub fn task(&self) -> &Arc<dyn Task> {
+        &self.shared.task
     }
 
     pub fn name(&self) -> &str {
@@ -270,11 +320,24 @@ impl ModelService {
         &self.shared.config
     }
 
+    pub fn cache(&self) -> Option<&Arc<ResultCache>> {
+        self.shared.cache.as_ref()
+    }
+
     pub fn metrics(&self) -> &ModelMetrics {
         &self.shared.metrics
     }
 
-    /// The online batching controller, when `--latency-target` is set.
+    /// The wall time and size of every engine batch so far, with `record_batches`.
+    pub fn batches(&self) -> Vec<(Duration, usize)> {
+        self.shared
+            .batches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The online batching controller, when a latency target is set.
     pub fn adaptive(&self) -> Option<&Adaptive> {
         self.shared.adaptive.as_ref()
     }
@@ -292,12 +355,23 @@ impl ModelService {
     /// Starts one item: answers it from the cache, joins an identical computation in flight,
     /// or admits it to the queue. Never blocks on the model.
     pub fn submit(&self, input: ItemInput, deadline: Instant) -> Ticket {
+        let t0 = thread_cpu_time();
+        let ticket = self.submit_inner(input, deadline);
+        StageCpu::add(
+            &self.shared.metrics.cpu.key_cache,
+            thread_cpu_time().saturating_sub(t0),
+        );
+        ticket
+    }
+
+    fn submit_inner(&self, input: ItemInput, deadline: Instant) -> Ticket {
         let shared = &self.shared;
+        let encoding = shared.task.entry_encoding(&input);
         let key = match &input {
-            ItemInput::Image(bytes) => CacheKey::new(&shared.model.digest, ROW_IMAGE, bytes),
+            ItemInput::Image(bytes) => CacheKey::new(&shared.model.digest, encoding, bytes),
             ItemInput::Tensor(data) => {
                 let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                CacheKey::new(&shared.model.digest, ROW_TENSOR, &bytes)
+                CacheKey::new(&shared.model.digest, encoding, &bytes)
             }
         };
         let lookup = || {
@@ -344,10 +418,9 @@ impl ModelService {
             finish(
                 shared,
                 &key,
-                Err(Failure::new(
-                    FailureKind::Overloaded,
-                    format!("the queue is full ({max} items waiting); retry later"),
-                )),
+                Err(ItemError::Overloaded(format!(
+                    "the queue is full ({max} items waiting); retry later"
+                ))),
                 false,
             );
             return Ticket::Waiting(rx, Source::Computed);
@@ -355,35 +428,29 @@ impl ModelService {
         if let Some(a) = &shared.adaptive {
             a.arrived();
         }
+        let now = Instant::now();
+        let (work, to_pool) = match input {
+            ItemInput::Tensor(data) => (Work::Ready(data), false),
+            raw => (Work::Raw(raw), true),
+        };
         let job = Job {
             key,
-            admitted: Instant::now(),
+            admitted: now,
+            queued: now,
             deadline,
-            input,
+            work,
         };
-        let sent = match job.input {
-            ItemInput::Image(_) => lock_clone(&self.decode_tx).map(|tx| tx.send(job).is_ok()),
-            ItemInput::Tensor(data) => lock_clone(&self.batch_tx).map(|tx| {
-                tx.send(Prepared {
-                    key: job.key,
-                    admitted: job.admitted,
-                    queued: job.admitted,
-                    deadline: job.deadline,
-                    data,
-                })
-                .is_ok()
-            }),
+        let pool = if to_pool {
+            lock_clone(&self.decode_tx)
+        } else {
+            None
         };
-        if sent != Some(true) {
-            finish(
-                shared,
-                &key,
-                Err(Failure::new(
-                    FailureKind::Unavailable,
-                    "the server is shutting down",
-                )),
-                true,
-            );
+        let sent = match pool {
+            Some(tx) => tx.send(job).is_ok(),
+            None => lock_clone(&self.batch_tx).is_some_and(|tx| tx.send(job).is_ok()),
+        };
+        if !sent {
+            finish(shared, &key, Err(shutting_down()), true);
         }
         Ticket::Waiting(rx, Source::Computed)
     }
@@ -403,6 +470,10 @@ impl ModelService {
             let _ = t.join();
         }
     }
+}
+
+fn shutting_down() -> ItemError {
+    ItemError::Unavailable("the model is shutting down".into())
 }
 
 fn lock_clone<T>(slot: &Mutex<Option<Sender<T>>>) -> Option<Sender<T>> {
@@ -426,8 +497,12 @@ fn row_to_bytes(row: &[f32]) -> Arc<[u8]> {
 }
 
 /// Publishes the outcome of `key` to everyone waiting for it; `release` gives back the
-/// admission slot the leader took.
+/// admission slot the leader took (first, so that a caller woken by the answer may submit
+/// again at once).
 fn finish(shared: &Shared, key: &CacheKey, outcome: Outcome, release: bool) {
+    if release {
+        shared.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
     let waiters = shared
         .in_flight
         .lock()
@@ -435,87 +510,71 @@ fn finish(shared: &Shared, key: &CacheKey, outcome: Outcome, release: bool) {
         .remove(key)
         .unwrap_or_default();
     for tx in waiters {
-        // A waiter that gave up (deadline, client gone) has dropped its receiver.
+        // A waiter that gave up (deadline, caller gone) has dropped its receiver.
         let _ = tx.send(outcome.clone());
-    }
-    if release {
-        shared.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-fn run_decoder(shared: &Shared, jobs: &Receiver<Job>, batches: &Sender<Prepared>) {
-    let manifest = &shared.model.manifest;
-    let mut preprocessor = Preprocessor::new(&manifest.preprocess);
-    let min_side = manifest.preprocess.min_source_short_side();
-    for job in jobs.iter() {
+fn expired() -> ItemError {
+    ItemError::Timeout("the request deadline passed while the item was queued".into())
+}
+
+/// Prepares one raw job in place; on failure publishes the error and returns false.
+fn prepare_job(
+    shared: &Shared,
+    preparer: &mut Box<dyn Prepare>,
+    job: &mut Job,
+    item_len: usize,
+) -> bool {
+    let Work::Raw(input) = &job.work else {
+        return true;
+    };
+    let started = Instant::now();
+    let mut data = vec![0.0f32; item_len];
+    let mut times = PrepareTimes::default();
+    let prepared = preparer.prepare(input, &mut data, &mut times);
+    let cpu = &shared.metrics.cpu;
+    StageCpu::add(&cpu.decode, times.decode);
+    StageCpu::add(&cpu.preprocess, times.preprocess);
+    shared
+        .metrics
+        .decode_seconds
+        .observe_duration(started.elapsed());
+    match prepared {
+        Ok(()) => {
+            job.work = Work::Ready(data);
+            true
+        }
+        Err(e) => {
+            finish(shared, &job.key, Err(e), true);
+            false
+        }
+    }
+}
+
+fn run_decoder(shared: &Shared, jobs: &Receiver<Job>, batches: &Sender<Job>) {
+    let mut preparer = shared.task.preparer();
+    let item_len: usize = shared.item_shape.iter().product();
+    for mut job in jobs.iter() {
         if Instant::now() >= job.deadline {
             shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
             finish(shared, &job.key, Err(expired()), true);
             continue;
         }
-        let ItemInput::Image(bytes) = &job.input else {
-            continue;
-        };
-        let t0 = Instant::now();
-        let mut data = vec![0.0f32; preprocessor.item_len()];
-        let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let (image, _) = decode_rgb(bytes, &shared.config.limits, Some(min_side))
-                .map_err(|e| e.to_string())?;
-            preprocessor
-                .run(&image, &mut data)
-                .map_err(|e| format!("cannot preprocess: {e}"))
-        }));
-        shared.metrics.decode_seconds.observe_duration(t0.elapsed());
-        let problem = match prepared {
-            Ok(Ok(())) => None,
-            Ok(Err(message)) => Some(message),
-            Err(_) => {
-                // The preprocessor's buffers may be half-written; start afresh.
-                preprocessor = Preprocessor::new(&manifest.preprocess);
-                Some("the image decoder crashed on this input".to_string())
-            }
-        };
-        if let Some(message) = problem {
-            finish(
-                shared,
-                &job.key,
-                Err(Failure::new(FailureKind::BadInput, message)),
-                true,
-            );
+        if !prepare_job(shared, &mut preparer, &mut job, item_len) {
             continue;
         }
-        let prepared = Prepared {
-            key: job.key,
-            admitted: job.admitted,
-            queued: Instant::now(),
-            deadline: job.deadline,
-            data,
-        };
-        if let Err(e) = batches.send(prepared) {
-            let p = e.into_inner();
-            finish(
-                shared,
-                &p.key,
-                Err(Failure::new(
-                    FailureKind::Unavailable,
-                    "the server is shutting down",
-                )),
-                true,
-            );
+        job.queued = Instant::now();
+        if let Err(e) = batches.send(job) {
+            let job = e.into_inner();
+            finish(shared, &job.key, Err(shutting_down()), true);
         }
     }
 }
 
-fn expired() -> Failure {
-    Failure::new(
-        FailureKind::Timeout,
-        "the request deadline passed while the item was queued",
-    )
-}
-
 /// A batch as taken from the queue, and how it closed.
 struct Taken {
-    items: Vec<Prepared>,
+    items: Vec<Job>,
     /// The delay ran out (rather than the batch filling or reaching a preferred size).
     waited_out: bool,
     /// Items that arrived while it waited.
@@ -526,7 +585,7 @@ struct Taken {
 /// `max` items, the oldest has waited `delay`, or the batch has a preferred size and nothing
 /// more is waiting. `None` when the queue is closed and empty.
 fn next_batch(
-    rx: &Receiver<Prepared>,
+    rx: &Receiver<Job>,
     max: usize,
     delay: Duration,
     preferred: &[usize],
@@ -572,10 +631,11 @@ fn next_batch(
     Some(taken)
 }
 
-fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Prepared>) {
-    let manifest = &shared.model.manifest;
-    let item_shape = manifest.preprocess.item_shape();
+fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Job>) {
+    let item_shape = &shared.item_shape;
     let item_len: usize = item_shape.iter().product();
+    // Only used when there is no preprocessing pool: this instance prepares its own batches.
+    let mut preparer = shared.task.preparer();
     let mut buffer: Vec<f32> = Vec::new();
     let config = &shared.config;
     loop {
@@ -586,40 +646,50 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
         let Some(taken) = next_batch(rx, max, delay, &config.preferred_batch_sizes) else {
             break;
         };
+        let batch_started = Instant::now();
         if let Some(a) = &shared.adaptive {
             a.observe_wait(taken.waited_out, taken.gained);
         }
-        let batch = taken.items;
         let now = Instant::now();
-        let (batch, late): (Vec<Prepared>, Vec<Prepared>) =
-            batch.into_iter().partition(|p| p.deadline > now);
+        let (batch, late): (Vec<Job>, Vec<Job>) =
+            taken.items.into_iter().partition(|p| p.deadline > now);
         for p in late {
             shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
             finish(shared, &p.key, Err(expired()), true);
         }
-        if batch.is_empty() {
-            continue;
-        }
-        shared.busy.fetch_add(1, Ordering::Relaxed);
         for p in &batch {
             shared
                 .metrics
                 .queue_seconds
                 .observe_duration(now.saturating_duration_since(p.queued));
         }
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter_map(|mut job| {
+                prepare_job(shared, &mut preparer, &mut job, item_len).then_some(job)
+            })
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        shared.busy.fetch_add(1, Ordering::Relaxed);
         buffer.clear();
         for p in &batch {
-            buffer.extend_from_slice(&p.data);
+            if let Work::Ready(data) = &p.work {
+                buffer.extend_from_slice(data);
+            }
         }
         let mut shape = vec![batch.len()];
-        shape.extend_from_slice(&item_shape);
-        debug_assert_eq!(buffer.len(), batch.len() * item_len);
+        shape.extend_from_slice(item_shape);
         let outcomes: Vec<Outcome> = match Tensor::new(shape, std::mem::take(&mut buffer)) {
-            Err(e) => vec![Err(Failure::new(FailureKind::Internal, e.to_string())); batch.len()],
+            Err(e) => vec![Err(ItemError::Inference(e.to_string())); batch.len()],
             Ok(input) => {
                 let t0 = Instant::now();
+                let cpu0 = thread_cpu_time();
                 let output = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(&input)));
                 let took = t0.elapsed();
+                let cpu1 = thread_cpu_time();
+                StageCpu::add(&shared.metrics.cpu.inference, cpu1.saturating_sub(cpu0));
                 shared.metrics.compute_seconds.observe_duration(took);
                 if let Some(a) = &shared.adaptive {
                     a.observe_run(batch.len(), took.as_secs_f64());
@@ -627,7 +697,7 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
                 shared.metrics.batch_size.observe(batch.len() as f64);
                 shared.metrics.executions.fetch_add(1, Ordering::Relaxed);
                 buffer = input.into_parts().1;
-                match output {
+                let outcomes = match output {
                     Ok(Ok(out)) if out.shape().first() == Some(&batch.len()) => {
                         shared
                             .metrics
@@ -638,28 +708,28 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
                             .collect()
                     }
                     Ok(Ok(out)) => {
-                        let f = Failure::new(
-                            FailureKind::Internal,
-                            format!(
-                                "the model returned shape {:?} for a batch of {}",
-                                out.shape(),
-                                batch.len()
-                            ),
-                        );
-                        vec![Err(f); batch.len()]
+                        let e = ItemError::Inference(format!(
+                            "the model returned shape {:?} for a batch of {}",
+                            out.shape(),
+                            batch.len()
+                        ));
+                        vec![Err(e); batch.len()]
                     }
-                    Ok(Err(e)) => {
-                        vec![Err(Failure::new(FailureKind::Internal, e.to_string())); batch.len()]
+                    Ok(Err(e)) => vec![Err(ItemError::Inference(e.to_string())); batch.len()],
+                    Err(_) => {
+                        vec![Err(ItemError::Inference("the engine crashed".into())); batch.len()]
                     }
-                    Err(_) => vec![
-                        Err(Failure::new(FailureKind::Internal, "the engine crashed"));
-                        batch.len()
-                    ],
-                }
+                };
+                StageCpu::add(
+                    &shared.metrics.cpu.postprocess,
+                    thread_cpu_time().saturating_sub(cpu1),
+                );
+                outcomes
             }
         };
-        // Store before publishing, so that a request arriving after the in-flight entry is
+        // Store before publishing, so that a caller arriving after the in-flight entry is
         // gone finds the answer in the cache.
+        let cpu0 = thread_cpu_time();
         if let Some(cache) = &shared.cache {
             let inserts: Vec<(CacheKey, Arc<[u8]>)> = batch
                 .iter()
@@ -668,12 +738,23 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
                 .collect();
             cache.insert_many(&shared.model.digest, &inserts);
         }
+        if config.record_batches {
+            shared
+                .batches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((batch_started.elapsed(), batch.len()));
+        }
         for (p, outcome) in batch.iter().zip(outcomes) {
             finish(shared, &p.key, outcome, true);
             if let Some(a) = &shared.adaptive {
                 a.observe_latency(p.admitted.elapsed().as_secs_f64());
             }
         }
+        StageCpu::add(
+            &shared.metrics.cpu.key_cache,
+            thread_cpu_time().saturating_sub(cpu0),
+        );
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -682,17 +763,17 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Pr
 mod tests {
     use super::*;
 
-    fn item(queued: Instant) -> Prepared {
-        Prepared {
+    fn item(queued: Instant) -> Job {
+        Job {
             key: CacheKey([0; 32]),
             admitted: queued,
             queued,
             deadline: queued + Duration::from_secs(10),
-            data: Vec::new(),
+            work: Work::Ready(Vec::new()),
         }
     }
 
-    fn take(rx: &Receiver<Prepared>, c: &BatchConfig) -> Option<Vec<Prepared>> {
+    fn take(rx: &Receiver<Job>, c: &BatchConfig) -> Option<Vec<Job>> {
         next_batch(
             rx,
             c.max_batch_size,
@@ -712,6 +793,7 @@ mod tests {
             max_queue: 10,
             limits: DecodeLimits::default(),
             latency_target: None,
+            record_batches: false,
         }
     }
 
