@@ -1150,12 +1150,13 @@ fn the_batcher_adapts_to_a_step_in_load_and_back() {
         low_batch < 1.2,
         "mean batch {low_batch} under a lone client"
     );
-    // High: 16 independent users arriving at 70 % of what this machine serves one at a time
-    // (measured by the lone client; 60 requests a second where that took 10 ms). Waiting gains
+    // High: 16 independent users arriving at 85 % of what this machine serves one at a time
+    // (measured by the lone client, so that a busy or slow machine gets a load it can carry;
+    // 85 requests a second where that took 10 ms). Waiting gains
     // items, so the delay grows and batches with it (measured after 2.5 s to follow the step),
     // within what the fitted model (compute = a·batch + b) allows in half the target.
     let alone = low.iter().sum::<f64>() / low.len().max(1) as f64;
-    let rate = 0.7 / alone.max(1e-3);
+    let rate = 0.85 / alone.max(1e-3);
     let (mut high, _, _) = phase(16, 2.5, 2, Some(16.0 / rate));
     let (high_rest, high_delay, high_batch) = phase(16, 3.0, 4, Some(16.0 / rate));
     high.extend(high_rest);
@@ -1170,7 +1171,10 @@ fn the_batcher_adapts_to_a_step_in_load_and_back() {
         high_delay > 0.4 / rate,
         "mean delay {high_delay} s under load"
     );
-    assert!(high_batch > 2.0, "mean batch {high_batch} under load");
+    assert!(
+        high_batch > 1.5 && high_batch > 1.25 * low_batch,
+        "mean batch {high_batch} under load, {low_batch} alone"
+    );
     assert!(
         high_delay > 4.0 * low_delay,
         "delay {high_delay} under load vs {low_delay} alone"
