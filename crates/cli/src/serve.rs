@@ -13,7 +13,7 @@ use singlepoint_backend::EngineOptions;
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{load_engine, BackendChoice};
-use singlepoint_server::{BatchConfig, ServeConfig, Server};
+use singlepoint_server::{BatchConfig, Loader, ModelControl, Repository, ServeConfig, Server};
 
 use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs, CostArgs};
 
@@ -119,6 +119,18 @@ pub struct ServeArgs {
     /// Log lines on stderr as text or as one JSON object per line (filter with RUST_LOG)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// `explicit`: clients load and unload the repository's models over HTTP
+    /// (`POST /v2/repository/models/{name}/load`, `/unload`); `none`: the models loaded at
+    /// start are served until exit. Needs --model-repository
+    #[arg(long, value_enum, default_value_t = ModelControlArg::None)]
+    model_control: ModelControlArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModelControlArg {
+    None,
+    Explicit,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -158,6 +170,9 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.threads_per_instance
             .get_or_insert(c.threads_per_instance);
         args.max_batch_size.get_or_insert(c.batch_size);
+    }
+    if args.model_control != ModelControlArg::None && args.model_repository.is_none() {
+        anyhow::bail!("`--model-control explicit` needs `--model-repository DIR`: the models it loads come from there");
     }
     let threads_per_instance = args.threads_per_instance.unwrap_or(1);
     let started = crate::started();
@@ -226,7 +241,26 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!("{warning}");
         }
     }
-    let server = Server::start(loaded, cache.clone(), config, started.elapsed())?;
+    let mut server = Server::start(loaded, cache.clone(), config, started.elapsed())?;
+    if let Some(dir) = &args.model_repository {
+        let (backend, fetch) = (args.backend, !args.no_fetch);
+        let loader: Loader = Arc::new(move |path: &Path| {
+            let model = Model::load(path).map_err(|e| e.to_string())?;
+            let engine = load_engine(&model, backend, options, fetch).map_err(|e| e.to_string())?;
+            for warning in &engine.warnings {
+                tracing::warn!("{warning}");
+            }
+            Ok((Arc::new(model), engine.engine))
+        });
+        server = server.with_repository(Repository {
+            dir: dir.clone(),
+            control: match args.model_control {
+                ModelControlArg::None => ModelControl::None,
+                ModelControlArg::Explicit => ModelControl::Explicit,
+            },
+            loader,
+        });
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores)
         .enable_all()
@@ -238,7 +272,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on `{addr}`"))?;
         let local: SocketAddr = listener.local_addr()?;
-        for (name, service) in &server.state().models {
+        for (name, service) in &server.state().models.snapshot() {
             let c = service.config();
             tracing::info!(
                 model = %name,

@@ -103,6 +103,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}/classify", post(classify))
         .route("/v1/cost", get(cost))
+        .route(
+            "/v2/repository/index",
+            get(repository_index).post(repository_index),
+        )
+        .route("/v2/repository/models/{name}/load", post(load_model))
+        .route("/v2/repository/models/{name}/unload", post(unload_model))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
@@ -195,6 +201,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/models",
     "/v1/models/{name}/classify",
     "/v1/cost",
+    "/v2/repository/index",
+    "/v2/repository/models/{name}/load",
+    "/v2/repository/models/{name}/unload",
     "/metrics",
     "/openapi.json",
 ];
@@ -252,8 +261,9 @@ fn find_model(
     params: &HashMap<String, String>,
 ) -> Result<Arc<ModelService>, ApiError> {
     let name = params.get("name").map(String::as_str).unwrap_or_default();
-    let service = state.models.get(name).cloned().ok_or_else(|| {
-        let known: Vec<&str> = state.models.keys().map(String::as_str).collect();
+    let service = state.models.get(name).ok_or_else(|| {
+        let models = state.models.snapshot();
+        let known: Vec<&str> = models.keys().map(String::as_str).collect();
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
@@ -320,6 +330,7 @@ async fn model_ready(
 async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
     let models: Vec<Value> = state
         .models
+        .snapshot()
         .values()
         .map(|s| {
             json!({
@@ -339,7 +350,7 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
 /// cannot grow the metrics with made-up names).
 fn model_label(state: &AppState, params: &HashMap<String, String>) -> String {
     match params.get("name") {
-        Some(name) if state.models.contains_key(name) => name.clone(),
+        Some(name) if state.models.get(name).is_some() => name.clone(),
         _ => "unknown".into(),
     }
 }
@@ -645,7 +656,7 @@ pub fn cost_snapshot(state: &AppState) -> Value {
     let mut busy = 0.0;
     let mut workers = 0;
     let mut models = serde_json::Map::new();
-    for (name, s) in &state.models {
+    for (name, s) in &state.models.snapshot() {
         let m = s.metrics();
         let hits = m.cache_hits.load(Ordering::Relaxed);
         let coalesced = m.coalesced.load(Ordering::Relaxed);
@@ -713,8 +724,8 @@ fn render_plain<'a>(
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(16 * 1024);
     state.requests.render(&mut out);
-    let models: Vec<(&str, &ModelService)> = state
-        .models
+    let served = state.models.snapshot();
+    let models: Vec<(&str, &ModelService)> = served
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_ref()))
         .collect();
@@ -1032,4 +1043,165 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The repository behind model control, or why there is none.
+fn repository(state: &AppState) -> Result<&crate::Repository, ApiError> {
+    state.repository.get().ok_or_else(|| {
+        ApiError::bad_request(
+            "this server has no model repository; start it with --model-repository DIR",
+        )
+    })
+}
+
+/// The repository for a load or unload, refused unless model control is explicit.
+fn controlled(state: &AppState) -> Result<&crate::Repository, ApiError> {
+    let repository = repository(state)?;
+    if repository.control != crate::ModelControl::Explicit {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "model control is off: start the server with --model-control explicit to load and unload models",
+        ));
+    }
+    Ok(repository)
+}
+
+/// A repository folder name: what a model name may be (no separators, no `..`).
+fn check_model_name(name: &str) -> Result<(), ApiError> {
+    let fine = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if fine {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{name}` is not a model name (letters, digits, `.`, `_` and `-`, not starting with `.`)"
+        )))
+    }
+}
+
+/// `GET` or `POST /v2/repository/index` (body `{"ready": true}` lists only loaded models):
+/// every model folder in the repository and every model served, with its state.
+async fn repository_index(State(state): State<Arc<AppState>>, body: Bytes) -> ApiResult {
+    let repository = repository(&state)?;
+    let ready_only = if body.is_empty() {
+        false
+    } else {
+        let request: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed index request: {e}")))?;
+        request
+            .get("ready")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let served = state.models.snapshot();
+    let mut names: std::collections::BTreeSet<String> = served.keys().cloned().collect();
+    if let Ok(entries) = std::fs::read_dir(&repository.dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.join("model.json").is_file() {
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    names.insert(name.to_string());
+                }
+            }
+        }
+    }
+    let index: Vec<Value> = names
+        .into_iter()
+        .filter_map(|name| match served.get(&name) {
+            Some(s) => Some(json!({
+                "name": name,
+                "version": s.model().manifest.version,
+                "state": "READY",
+                "reason": "",
+            })),
+            None if ready_only => None,
+            None => Some(json!({ "name": name, "state": "UNAVAILABLE", "reason": "unloaded" })),
+        })
+        .collect();
+    Ok(Json(Value::Array(index)).into_response())
+}
+
+/// `POST /v2/repository/models/{name}/load`: reads `DIR/{name}` and serves it, replacing the
+/// version served now once the requests holding it finish. Nothing is dropped: requests keep
+/// the service they started with, and new ones go to the new version, whose digest (version,
+/// ONNX bytes, preprocessing) keys its own cache entries.
+async fn load_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+    let repository = controlled(&state)?;
+    check_model_name(&name)?;
+    let dir = repository.dir.join(&name);
+    let loader = repository.loader.clone();
+    let shared = state.clone();
+    let wanted = name.clone();
+    let started = tokio::task::spawn_blocking(move || -> Result<Arc<ModelService>, String> {
+        if !dir.join("model.json").is_file() {
+            return Err(format!(
+                "the repository has no model folder `{}` with a model.json",
+                dir.display()
+            ));
+        }
+        let (model, engine) = loader(&dir)?;
+        if model.manifest.name != wanted {
+            return Err(format!(
+                "`{}` holds the model `{}`; a repository folder is named for its model",
+                dir.display(),
+                model.manifest.name
+            ));
+        }
+        shared
+            .config
+            .validate(std::slice::from_ref(&model))
+            .map_err(|e| e.to_string())?;
+        crate::start_service(&shared, model, engine)
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("loading the model `{name}` crashed"),
+        )
+    })?;
+    let service = started
+        .map_err(|e| ApiError::bad_request(format!("cannot load the model `{name}`: {e}")))?;
+    let version = service.model().manifest.version.clone();
+    let digest = service.model().digest.short();
+    if let Some(old) = state.models.insert(name.clone(), service) {
+        retire(old, state.config.shutdown_timeout);
+    }
+    tracing::info!(model = %name, %version, %digest, "model loaded");
+    Ok(Json(json!({ "name": name, "version": version, "state": "READY" })).into_response())
+}
+
+/// `POST /v2/repository/models/{name}/unload`: stops serving it; requests already holding it
+/// finish first.
+async fn unload_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+    controlled(&state)?;
+    let old = state.models.remove(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("the model `{name}` is not loaded"),
+        )
+    })?;
+    retire(old, state.config.shutdown_timeout);
+    Ok(Json(json!({ "name": name, "state": "UNAVAILABLE" })).into_response())
+}
+
+/// Shuts a replaced or unloaded model down once no request holds it (or after `grace`).
+fn retire(old: Arc<ModelService>, grace: std::time::Duration) {
+    tokio::task::spawn_blocking(move || {
+        let until = Instant::now() + grace;
+        while Arc::strong_count(&old) > 1 && Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        old.shutdown();
+        tracing::info!(
+            model = %old.name(),
+            version = %old.model().manifest.version,
+            "model unloaded"
+        );
+    });
 }

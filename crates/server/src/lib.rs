@@ -18,8 +18,9 @@ pub use singlepoint_runtime::{adaptive, service};
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use singlepoint_backend::Engine;
@@ -29,6 +30,25 @@ use singlepoint_runtime::cost::{Prices, RssSampler, Weights};
 use singlepoint_runtime::ImageClassification;
 
 pub use service::{BatchConfig, ModelService};
+
+/// Starts a model's single point with the server's batching, task and cache.
+pub fn start_service(
+    state: &AppState,
+    model: Arc<Model>,
+    engine: Arc<dyn Engine>,
+) -> Result<ModelService, singlepoint_backend::BackendError> {
+    let task = Arc::new(ImageClassification::new(
+        model.clone(),
+        state.config.batch.limits,
+    ));
+    ModelService::start(
+        model,
+        task,
+        engine,
+        state.cache.clone(),
+        state.config.batch.clone(),
+    )
+}
 
 /// Server settings, validated once by [`ServeConfig::validate`].
 #[derive(Clone, Debug, PartialEq)]
@@ -136,9 +156,67 @@ impl ServeConfig {
     }
 }
 
+/// The models being served, by name. Model control swaps entries while requests flow: a
+/// handler takes its model's `Arc` once and keeps it to the end of the request.
+#[derive(Default)]
+pub struct Registry(RwLock<BTreeMap<String, Arc<ModelService>>>);
+
+impl Registry {
+    /// Every model served now.
+    pub fn snapshot(&self) -> BTreeMap<String, Arc<ModelService>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<ModelService>> {
+        self.0
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Serves `service` under `name`; returns the one it replaces.
+    pub fn insert(&self, name: String, service: Arc<ModelService>) -> Option<Arc<ModelService>> {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, service)
+    }
+
+    pub fn remove(&self, name: &str) -> Option<Arc<ModelService>> {
+        self.0
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+    }
+}
+
+/// Whether clients may load and unload models (the repository extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelControl {
+    /// The models loaded at start are served until exit.
+    None,
+    /// `POST /v2/repository/models/{name}/load` and `/unload`.
+    Explicit,
+}
+
+/// Reads a model folder and compiles it on the server's engine (the front-end decides how).
+pub type Loader =
+    Arc<dyn Fn(&std::path::Path) -> Result<(Arc<Model>, Arc<dyn Engine>), String> + Send + Sync>;
+
+/// The model repository behind model control: a folder of model folders, each named for its
+/// model.
+pub struct Repository {
+    pub dir: PathBuf,
+    pub control: ModelControl,
+    pub loader: Loader,
+}
+
 /// What every handler shares.
 pub struct AppState {
-    pub models: BTreeMap<String, Arc<ModelService>>,
+    pub models: Registry,
+    /// Set once at start when the server has a model repository.
+    pub repository: OnceLock<Repository>,
     pub cache: Option<Arc<ResultCache>>,
     pub config: ServeConfig,
     pub requests: metrics::RequestMetrics,
@@ -168,10 +246,10 @@ impl Server {
         let began = std::time::Instant::now();
         let list: Vec<Arc<Model>> = models.iter().map(|(m, _)| m.clone()).collect();
         config.validate(&list)?;
-        let mut services = BTreeMap::new();
+        let services = Registry::default();
         for (model, engine) in models {
             let name = model.manifest.name.clone();
-            if services.contains_key(&name) {
+            if services.get(&name).is_some() {
                 return Err(ServeError::DuplicateModel(name));
             }
             let task = Arc::new(ImageClassification::new(model.clone(), config.batch.limits));
@@ -186,6 +264,7 @@ impl Server {
         Ok(Server {
             state: Arc::new(AppState {
                 models: services,
+                repository: OnceLock::new(),
                 cache,
                 config,
                 requests: metrics::RequestMetrics::default(),
@@ -202,6 +281,13 @@ impl Server {
 
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// Serves the repository's index and, with [`ModelControl::Explicit`], loads and unloads
+    /// its models on request.
+    pub fn with_repository(self, repository: Repository) -> Server {
+        let _ = self.state.repository.set(repository);
+        self
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight (for at most
@@ -235,7 +321,7 @@ impl Server {
         }
         let stopping = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for service in stopping.models.values() {
+            for service in stopping.models.snapshot().values() {
                 service.shutdown();
             }
         })

@@ -1202,3 +1202,242 @@ fn the_batcher_adapts_to_a_step_in_load_and_back() {
         );
     }
 }
+
+/// A repository holding the digits model as version `version`; `std` changes its answers.
+fn digits_repository(dir: &std::path::Path, version: &str, std: &str) {
+    let folder = dir.join("digits-cnn");
+    std::fs::create_dir_all(&folder).unwrap();
+    let src = repo().join("models/digits-cnn");
+    for f in ["model.onnx", "labels.txt"] {
+        std::fs::copy(src.join(f), folder.join(f)).unwrap();
+    }
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("model.json")).unwrap()).unwrap();
+    let mut manifest = manifest;
+    manifest["version"] = json!(version);
+    manifest["preprocess"]["std"] = serde_json::from_str(std).unwrap();
+    // Written whole and renamed, as a deployment tool would.
+    let tmp = folder.join("model.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    std::fs::rename(&tmp, folder.join("model.json")).unwrap();
+}
+
+struct Answered {
+    status: u16,
+    version: String,
+    source: String,
+    top: Vec<(u64, f64)>,
+}
+
+fn ask_digits(server: &Server, photo_bytes: &[u8]) -> Answered {
+    let reply = server.send(
+        "POST",
+        "/v1/models/digits-cnn/classify?top_k=3",
+        &[],
+        photo_bytes,
+    );
+    if reply.status != 200 {
+        return Answered {
+            status: reply.status,
+            version: String::new(),
+            source: text(&reply.body),
+            top: Vec::new(),
+        };
+    }
+    let v = reply.json();
+    let r = &v["results"][0];
+    Answered {
+        status: 200,
+        version: v["model_version"].as_str().unwrap_or_default().to_string(),
+        source: r["source"].as_str().unwrap_or_default().to_string(),
+        top: r["top_k"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["class"].as_u64().unwrap(),
+                    t["probability"].as_f64().unwrap(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Model control: version 2 loaded under load against version 1 drops no request, its answers
+/// differ and none of them comes from version 1's cache entries; unloading lets requests in
+/// flight finish; bad loads are named errors and the running models keep serving.
+#[test]
+fn models_are_loaded_and_unloaded_under_traffic_and_versions_never_share_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    digits_repository(dir.path(), "1", "[255.0]");
+    let repo_dir = dir.path().display().to_string();
+    let server = Server::start(&[
+        "--model-repository",
+        &repo_dir,
+        "--model-control",
+        "explicit",
+    ]);
+    let (status, index) = server.get_json("/v2/repository/index");
+    assert_eq!(status, 200);
+    assert_eq!(
+        index,
+        json!([{ "name": "digits-cnn", "version": "1", "state": "READY", "reason": "" }])
+    );
+
+    let names = [
+        "chelsea.png",
+        "coffee.png",
+        "rocket.jpg",
+        "china.jpg",
+        "astronaut.png",
+    ];
+    let photos: Vec<Vec<u8>> = names.iter().map(|n| photo(n)).collect();
+    let v1: Vec<Answered> = photos.iter().map(|p| ask_digits(&server, p)).collect();
+    assert!(
+        v1.iter().all(|a| a.status == 200 && a.version == "1"),
+        "{:?}",
+        v1.iter().map(|a| &a.source).collect::<Vec<_>>()
+    );
+
+    // Traffic from four clients against version 1 while version 2 is loaded.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let answers: Mutex<Vec<(usize, Answered)>> = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for c in 0..4 {
+            let (server, photos, stop, answers) = (&server, &photos, &stop, &answers);
+            s.spawn(move || {
+                let mut i = c;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = i % photos.len();
+                    let a = ask_digits(server, &photos[k]);
+                    answers.lock().unwrap().push((k, a));
+                    i += 1;
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        digits_repository(dir.path(), "2", "[64.0]");
+        let reply = server.send("POST", "/v2/repository/models/digits-cnn/load", &[], b"");
+        assert_eq!(reply.status, 200, "{}", text(&reply.body));
+        std::thread::sleep(Duration::from_millis(800));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let answers = answers.into_inner().unwrap();
+    let failed: Vec<&str> = answers
+        .iter()
+        .filter(|(_, a)| a.status != 200)
+        .map(|(_, a)| a.source.as_str())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests during the load: {failed:?}"
+    );
+    let v2: Vec<&(usize, Answered)> = answers.iter().filter(|(_, a)| a.version == "2").collect();
+    assert!(!v2.is_empty(), "no answer came from version 2");
+    assert!(answers
+        .iter()
+        .all(|(_, a)| a.version == "1" || a.version == "2"));
+    // Version 2's answers are its own: they differ from version 1's for every photo, and the
+    // first one for each photo was computed (or shared), never a cache hit.
+    let mut seen = std::collections::HashSet::new();
+    for (k, a) in &v2 {
+        assert_ne!(
+            a.top, v1[*k].top,
+            "{}: version 2 answered as version 1",
+            names[*k]
+        );
+        if seen.insert(*k) {
+            assert_ne!(
+                a.source, "cache",
+                "{}: version 2's first answer came from the cache",
+                names[*k]
+            );
+        }
+    }
+    let (_, meta) = server.get_json("/v2/models/digits-cnn");
+    assert_eq!(meta["versions"], json!(["2"]));
+    let old = server.send("GET", "/v2/models/digits-cnn/versions/1/ready", &[], &[]);
+    assert_eq!(old.status, 404, "version 1 is no longer served");
+
+    // Bad loads are named errors; digits keeps serving.
+    let missing = server.send("POST", "/v2/repository/models/resnet/load", &[], b"");
+    assert_eq!(missing.status, 400);
+    assert!(missing.error().contains("resnet"), "{}", missing.error());
+    let traversal = server.send("POST", "/v2/repository/models/..%2Fetc/load", &[], b"");
+    assert!(
+        traversal.status == 400 || traversal.status == 404,
+        "{}",
+        traversal.status
+    );
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("model.json"), "{\"name\": \"broken\"}").unwrap();
+    let reply = server.send("POST", "/v2/repository/models/broken/load", &[], b"");
+    assert_eq!(reply.status, 400);
+    assert!(reply.error().contains("model.json"), "{}", reply.error());
+    let index = server.post_json("/v2/repository/index", &json!({})).json();
+    assert!(
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "broken" && e["state"] == "UNAVAILABLE"),
+        "{index}"
+    );
+    assert_eq!(ask_digits(&server, &photos[0]).status, 200);
+
+    // Unload with requests in flight: each gets its answer or, arriving after, a 404.
+    let replies: Vec<Answered> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (server, photos) = (&server, &photos);
+                s.spawn(move || ask_digits(server, &photos[i % photos.len()]))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(2));
+        let reply = server.send("POST", "/v2/repository/models/digits-cnn/unload", &[], b"");
+        assert_eq!(reply.status, 200, "{}", text(&reply.body));
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        replies.iter().all(|a| a.status == 200 || a.status == 404),
+        "{:?}",
+        replies.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        server
+            .send("GET", "/v2/models/digits-cnn/ready", &[], &[])
+            .status,
+        404
+    );
+    let index = server
+        .post_json("/v2/repository/index", &json!({ "ready": true }))
+        .json();
+    assert_eq!(index, json!([]));
+}
+
+#[test]
+fn model_control_is_off_unless_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    digits_repository(dir.path(), "1", "[255.0]");
+    let repo_dir = dir.path().display().to_string();
+    let server = Server::start(&["--model-repository", &repo_dir]);
+    let reply = server.send("POST", "/v2/repository/models/digits-cnn/load", &[], b"");
+    assert_eq!(reply.status, 403);
+    assert!(
+        reply.error().contains("--model-control explicit"),
+        "{}",
+        reply.error()
+    );
+    let out = super::singlepoint(
+        &["serve", "--port", "0", "--model-control", "explicit"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--model-repository"),
+        "{}",
+        text(&out.stderr)
+    );
+}
