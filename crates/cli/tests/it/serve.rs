@@ -1348,7 +1348,7 @@ fn models_are_loaded_and_unloaded_under_traffic_and_versions_never_share_answers
             names[*k]
         );
     }
-    for k in 0..names.len() {
+    for (k, name) in names.iter().enumerate() {
         let mine: Vec<&str> = v2
             .iter()
             .filter(|(j, _)| *j == k)
@@ -1356,8 +1356,7 @@ fn models_are_loaded_and_unloaded_under_traffic_and_versions_never_share_answers
             .collect();
         assert!(
             mine.is_empty() || mine.iter().any(|s| *s != "cache"),
-            "{}: every version 2 answer came from the cache: {mine:?}",
-            names[k]
+            "{name}: every version 2 answer came from the cache: {mine:?}"
         );
     }
     let (_, meta) = server.get_json("/v2/models/digits-cnn");
