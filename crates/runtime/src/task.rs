@@ -6,8 +6,7 @@
 //! what the cache stores for an input of each kind (bound into its key). Cache entries hold the
 //! model's output row for an input, never a formatted answer, so every front-end and endpoint
 //! that derives its answer from the same outputs shares them; the answer itself is the task's
-//! function of the row and the request's options (for classification,
-//! [`ImageClassification::answer`]).
+//! function of the row and the request's options (for classification, [`answer`]).
 //!
 //! Image classification is the task implemented here; an input that is already a preprocessed
 //! tensor row skips [`Prepare`] altogether.
@@ -72,14 +71,10 @@ impl ImageClassification {
     pub fn new(model: Arc<Model>, limits: DecodeLimits) -> ImageClassification {
         ImageClassification { model, limits }
     }
-
-    /// The answer for one output row: the `top_k` classes with probabilities and labels.
-    pub fn answer(&self, row: &[f32], top_k: usize) -> Classification {
-        answer(&self.model, row, top_k)
-    }
 }
 
-/// The classification answer for one output row of `model`.
+/// The classification answer for one output row of `model`: the `top_k` classes with
+/// probabilities and labels, as every front-end derives it.
 pub fn answer(model: &Model, row: &[f32], top_k: usize) -> Classification {
     classify_row(
         row,

@@ -1154,7 +1154,7 @@ async fn load_model(State(state): State<Arc<AppState>>, Path(name): Path<String>
             .config
             .validate(std::slice::from_ref(&model))
             .map_err(|e| e.to_string())?;
-        crate::start_service(&shared, model, engine)
+        crate::start_service(&shared.config, shared.cache.clone(), model, engine)
             .map(Arc::new)
             .map_err(|e| e.to_string())
     })

@@ -31,23 +31,16 @@ use singlepoint_runtime::ImageClassification;
 
 pub use service::{BatchConfig, ModelService};
 
-/// Starts a model's single point with the server's batching, task and cache.
+/// Starts a model's single point with the server's batching, task and cache (at start and
+/// on every load).
 pub fn start_service(
-    state: &AppState,
+    config: &ServeConfig,
+    cache: Option<Arc<ResultCache>>,
     model: Arc<Model>,
     engine: Arc<dyn Engine>,
 ) -> Result<ModelService, singlepoint_backend::BackendError> {
-    let task = Arc::new(ImageClassification::new(
-        model.clone(),
-        state.config.batch.limits,
-    ));
-    ModelService::start(
-        model,
-        task,
-        engine,
-        state.cache.clone(),
-        state.config.batch.clone(),
-    )
+    let task = Arc::new(ImageClassification::new(model.clone(), config.batch.limits));
+    ModelService::start(model, task, engine, cache, config.batch.clone())
 }
 
 /// Server settings, validated once by [`ServeConfig::validate`].
@@ -252,13 +245,13 @@ impl Server {
             if services.get(&name).is_some() {
                 return Err(ServeError::DuplicateModel(name));
             }
-            let task = Arc::new(ImageClassification::new(model.clone(), config.batch.limits));
             let service =
-                ModelService::start(model, task, engine, cache.clone(), config.batch.clone())
-                    .map_err(|source| ServeError::Start {
+                start_service(&config, cache.clone(), model, engine).map_err(|source| {
+                    ServeError::Start {
                         model: name.clone(),
                         source,
-                    })?;
+                    }
+                })?;
             services.insert(name, Arc::new(service));
         }
         Ok(Server {

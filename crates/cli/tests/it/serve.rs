@@ -241,20 +241,19 @@ fn classify_answers() -> Vec<Vec<(u64, f64)>> {
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = doc["results"].as_array().unwrap();
     assert_eq!(results.len(), PHOTOS.len());
-    results
+    results.iter().map(|r| top_k_of(&r["top_k"])).collect()
+}
+
+/// `[{"class": c, "probability": p}, ...]` as (class, probability) pairs.
+fn top_k_of(top: &Value) -> Vec<(u64, f64)> {
+    top.as_array()
+        .unwrap()
         .iter()
-        .map(|r| {
-            r["top_k"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| {
-                    (
-                        t["class"].as_u64().unwrap(),
-                        t["probability"].as_f64().unwrap(),
-                    )
-                })
-                .collect()
+        .map(|t| {
+            (
+                t["class"].as_u64().unwrap(),
+                t["probability"].as_f64().unwrap(),
+            )
         })
         .collect()
 }
@@ -1250,17 +1249,7 @@ fn ask_digits(server: &Server, photo_bytes: &[u8]) -> Answered {
         status: 200,
         version: v["model_version"].as_str().unwrap_or_default().to_string(),
         source: r["source"].as_str().unwrap_or_default().to_string(),
-        top: r["top_k"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| {
-                (
-                    t["class"].as_u64().unwrap(),
-                    t["probability"].as_f64().unwrap(),
-                )
-            })
-            .collect(),
+        top: top_k_of(&r["top_k"]),
     }
 }
 
