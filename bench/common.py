@@ -59,8 +59,9 @@ class Side:
     """One server under wrk: started and waited for until ready, then paused (SIGSTOP) except
     while it is measured. `listing` is photo_list's file; `mode` is serve.lua's."""
 
-    def __init__(self, listing, name, cmd, url, path, mode, ready_path, env=None):
-        self.listing = listing
+    def __init__(self, listing, name, cmd, url, path, mode, ready_path, env=None,
+                 script="serve.lua"):
+        self.listing, self.script = listing, script
         self.name, self.url, self.path, self.mode = name, url, path, mode
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -97,7 +98,7 @@ class Side:
         sampler.start()
         out = subprocess.run(
             ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
-             "-s", os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve.lua"),
+             "-s", os.path.join(os.path.dirname(os.path.abspath(__file__)), self.script),
              self.url + self.path, "--", self.listing, self.mode, f"{time.time_ns()}"], capture_output=True, text=True, check=True).stdout
         stop.set()
         sampler.join()

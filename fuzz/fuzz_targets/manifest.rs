@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(inside, "accepted a file outside the model's folder: {f:?}");
             }
             assert!(!m.name.contains(['/', '\\']) && !m.name.starts_with('.'));
-            let _ = (m.classes(), m.max_batch(), m.preprocess.item_shape());
+            let _ = (m.classes(), m.max_batch());
+            if let Some(image) = &m.image {
+                let _ = image.preprocess.item_shape();
+            }
+            assert!(!m.inputs.is_empty() && !m.outputs.is_empty());
         }
         Err(e) => {
             let message = e.to_string();

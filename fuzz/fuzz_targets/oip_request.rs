@@ -1,10 +1,12 @@
 //! Open Inference Protocol requests, JSON and binary framing: any body is parsed into items
-//! that fit the model's input, or refused with a message.
+//! that fit the model's input, or refused with a message; the same body against a tensor
+//! model's two variable-length inputs gives items whose named axes agree, within the maximum.
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use singlepoint_core::{DType, Dim, TensorSpec};
+use singlepoint_model::InputDecl;
 use singlepoint_protocol::{oip, ItemInput};
 
 fuzz_target!(|data: &[u8]| {
@@ -14,17 +16,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let n = u16::from_le_bytes(*head);
     let header_len = (n & 0x8000 != 0).then_some(usize::from(n & 0x7fff));
-    let input = TensorSpec {
-        name: "input".into(),
-        dtype: DType::Float32,
-        shape: vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)],
-    };
-    let output = TensorSpec {
-        name: "logits".into(),
-        dtype: DType::Float32,
-        shape: vec![Dim::Dynamic, Dim::Fixed(10)],
-    };
+    let input = TensorSpec::new(
+        "input",
+        DType::Float32,
+        vec![Dim::Dynamic, Dim::Fixed(3), Dim::Fixed(4), Dim::Fixed(4)],
+    );
+    let output = TensorSpec::new("logits", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(10)]);
     let body = Bytes::copy_from_slice(body);
+    tensor_model(&body, header_len);
     let Ok(request) = oip::parse_request(&body, header_len, &input, &output, 10) else {
         return;
     };
@@ -39,3 +38,34 @@ fuzz_target!(|data: &[u8]| {
         assert!(o.classification.is_none_or(|k| (1..=10).contains(&k)));
     }
 });
+
+/// A token model: `input_ids` int64 and `attention_mask` bool, both `[batch, sequence]`, at
+/// most 16 long; outputs `pooled`.
+fn tensor_model(body: &Bytes, header_len: Option<usize>) {
+    let decl = |name: &str, dtype| {
+        let mut spec = TensorSpec::new(name, dtype, vec![Dim::Dynamic, Dim::Dynamic]);
+        spec.symbols[1] = Some("sequence".into());
+        InputDecl {
+            spec,
+            pad: Some(0.0),
+            max_length: Some(16),
+        }
+    };
+    let inputs = [decl("input_ids", DType::Int64), decl("attention_mask", DType::Bool)];
+    let outputs = [TensorSpec::new("pooled", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(4)])];
+    let Ok(request) = oip::parse_tensor_request(body, header_len, &inputs, &outputs) else {
+        return;
+    };
+    assert!(!request.items.is_empty());
+    for item in &request.items {
+        let ItemInput::Tensors(tensors) = item else {
+            panic!("a tensor model's item is not tensors");
+        };
+        assert_eq!(tensors.len(), 2);
+        let len = tensors[0].shape()[0];
+        assert!((1..=16).contains(&len));
+        assert_eq!(tensors[1].shape(), &[len]);
+        assert_eq!(tensors[0].dtype(), DType::Int64);
+        assert_eq!(tensors[1].dtype(), DType::Bool);
+    }
+}

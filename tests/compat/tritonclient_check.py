@@ -4,23 +4,16 @@ the classification extension. scripts/test runs it after the Rust tests.
 
 Usage: python3 tests/compat/tritonclient_check.py PATH/TO/singlepoint
 """
-import os, subprocess, sys, threading
+import os, sys
 import numpy as np
 import tritonclient.http as httpclient
 from PIL import Image
 
+import serve
+
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 MODEL = "efficientnet-lite0"
-proc = subprocess.Popen([sys.argv[1], "serve", "--port", "0", "--no-cache"], cwd=root,
-                        stderr=subprocess.PIPE, text=True)
-address = None
-for line in proc.stderr:
-    if "listening on http://" in line:
-        address = line.split("listening on http://", 1)[1].split()[0]
-        break
-if address is None:
-    sys.exit("the server did not start")
-threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+proc, address = serve.start(sys.argv[1], ["--no-cache"], root)
 
 
 def pil_tensor(path):

@@ -376,6 +376,23 @@ def fuzz_seeds():
                                    "parameters": {"binary_data_size": 14}}]}).encode()
     seed("oip_request", "bytes.bin", struct.pack("<H", 0x8000 | len(head)) + head
          + struct.pack("<I", 3) + b"abc" + struct.pack("<I", 3) + b"xyz")
+    # The same target's tensor model: int64 ids and a bool mask of one length.
+    seed("oip_request", "tensor.bin", b"\x00\x00" + request([
+        {"name": "input_ids", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]},
+        {"name": "attention_mask", "shape": [2, 3], "datatype": "BOOL",
+         "data": [True, True, False, True, True, True]}]))
+    head = json.dumps({"inputs": [
+        {"name": "input_ids", "shape": [1, 2], "datatype": "INT64",
+         "parameters": {"binary_data_size": 16}},
+        {"name": "attention_mask", "shape": [1, 2], "datatype": "BOOL",
+         "parameters": {"binary_data_size": 2}}]}).encode()
+    seed("oip_request", "tensor-binary.bin", struct.pack("<H", 0x8000 | len(head)) + head
+         + struct.pack("<2q", 7, 8) + b"\x01\x00")
+    # ONNX files: the models the tests serve.
+    for name, path in [("digits", "models/digits-cnn/model.onnx"),
+                       ("token-pool", "tests/models/token-pool/model.onnx"),
+                       ("dtypes", "tests/models/dtypes/model.onnx")]:
+        seed("onnx_signature", f"{name}.onnx", (ROOT / path).read_bytes())
     # Multipart: the boundary, a newline, the body.
     seed("multipart", "two-files.txt", b"XyZ\n--XyZ\r\nContent-Disposition: form-data; "
          b"name=\"a\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\xff\r\n"

@@ -7,8 +7,9 @@
 //! - `tract`: Sonos' pure-Rust engine, one fixed-shape plan per batch size, used when ONNX
 //!   Runtime is unavailable.
 //!
-//! Both take ONNX bytes and `f32` tensors from `singlepoint-core`; neither knows about images,
-//! labels or files other than the ONNX Runtime library itself.
+//! Both take ONNX bytes and tensors of any of the seam's element types ([`AnyTensor`]) from
+//! `singlepoint-core`, for models with any number of inputs and outputs; neither knows about
+//! images, labels or files other than the ONNX Runtime library itself.
 
 #[cfg(feature = "ort")]
 mod onnxruntime;
@@ -21,7 +22,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use singlepoint_core::{Tensor, TensorSpec};
+use singlepoint_core::{AnyTensor, Tensor, TensorSpec};
 
 /// Which engine runs a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,8 +77,20 @@ pub enum BackendError {
     Load { engine: BackendKind, reason: String },
     #[error("{engine} failed to run the model: {reason}")]
     Run { engine: BackendKind, reason: String },
-    #[error("input tensor has shape {shape:?}, the model takes {expected}")]
-    InputShape { shape: Vec<usize>, expected: String },
+    #[error("input `{name}` has shape {shape:?}, the model takes {expected}")]
+    InputShape {
+        name: String,
+        shape: Vec<usize>,
+        expected: String,
+    },
+    #[error("input `{name}` is {actual}, the model takes {expected}")]
+    InputType {
+        name: String,
+        actual: singlepoint_core::DType,
+        expected: singlepoint_core::DType,
+    },
+    #[error("the model takes {expected} inputs, {actual} were given")]
+    InputCount { expected: usize, actual: usize },
 }
 
 /// How an engine should run sessions.
@@ -103,17 +116,57 @@ impl Default for EngineOptions {
 /// A model compiled by one engine. Cheap to share; hands out one [`Session`] per worker.
 pub trait Engine: Send + Sync {
     fn kind(&self) -> BackendKind;
-    /// The model's single input as the engine sees it.
-    fn input(&self) -> &TensorSpec;
-    /// The model's first output as the engine sees it; sessions return this one.
-    fn output(&self) -> &TensorSpec;
+    /// The model's inputs as the engine sees them, in the model's order.
+    fn inputs(&self) -> &[TensorSpec];
+    /// The model's outputs as the engine sees them, in the model's order.
+    fn outputs(&self) -> &[TensorSpec];
     fn session(&self) -> Result<Box<dyn Session>, BackendError>;
+
+    /// The first input (an image model's only one).
+    fn input(&self) -> &TensorSpec {
+        &self.inputs()[0]
+    }
+
+    /// The first output (an image classifier's scores).
+    fn output(&self) -> &TensorSpec {
+        &self.outputs()[0]
+    }
 }
 
 /// One worker's handle on a compiled model.
 pub trait Session: Send {
-    /// Runs a batch (the first axis of `input`) and returns the engine's first output.
-    fn run(&mut self, input: &Tensor) -> Result<Tensor, BackendError>;
+    /// Runs a batch (the first axis of every input), one tensor per model input in the
+    /// model's order, and returns every output in the model's order.
+    fn run_all(&mut self, inputs: &[AnyTensor]) -> Result<Vec<AnyTensor>, BackendError>;
+
+    /// The engine running this session.
+    fn kind(&self) -> BackendKind;
+
+    /// Runs a single-input `f32` model and returns its first output as `f32`.
+    fn run(&mut self, input: &Tensor) -> Result<Tensor, BackendError> {
+        let engine = self.kind();
+        let outputs = self.run_all(&[AnyTensor::from(input.clone())])?;
+        let first = outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| BackendError::Run {
+                engine,
+                reason: "the model produced no output".into(),
+            })?;
+        let shape = first.shape().to_vec();
+        match first.into_data() {
+            singlepoint_core::Buffer::F32(data) => {
+                Tensor::new(shape, data).map_err(|e| BackendError::Run {
+                    engine,
+                    reason: e.to_string(),
+                })
+            }
+            other => Err(BackendError::Run {
+                engine,
+                reason: format!("the first output is {}, not float32", other.dtype()),
+            }),
+        }
+    }
 }
 
 /// Compiles `onnx` with the engine `kind`.
@@ -135,19 +188,34 @@ pub fn load(
     }
 }
 
-/// Checks an input tensor against the engine's declared input before running it, so that a
-/// wrong shape is our error message rather than an engine's.
-pub fn check_input(spec: &TensorSpec, input: &Tensor) -> Result<(), BackendError> {
-    let shape = input.shape();
-    let fits = shape.len() == spec.shape.len()
-        && shape.iter().zip(&spec.shape).all(|(&n, d)| d.admits(n))
-        && shape.first().is_some_and(|&b| b > 0);
-    if fits {
-        Ok(())
-    } else {
-        Err(BackendError::InputShape {
-            shape: shape.to_vec(),
-            expected: spec.shape_string(),
-        })
+/// Checks input tensors against the engine's declared inputs before running them, so that a
+/// wrong count, type or shape is our error message rather than an engine's.
+pub fn check_inputs(specs: &[TensorSpec], inputs: &[AnyTensor]) -> Result<(), BackendError> {
+    if specs.len() != inputs.len() {
+        return Err(BackendError::InputCount {
+            expected: specs.len(),
+            actual: inputs.len(),
+        });
     }
+    for (spec, input) in specs.iter().zip(inputs) {
+        if input.dtype() != spec.dtype {
+            return Err(BackendError::InputType {
+                name: spec.name.clone(),
+                actual: input.dtype(),
+                expected: spec.dtype,
+            });
+        }
+        let shape = input.shape();
+        let fits = shape.len() == spec.shape.len()
+            && shape.iter().zip(&spec.shape).all(|(&n, d)| d.admits(n))
+            && shape.first().is_some_and(|&b| b > 0);
+        if !fits {
+            return Err(BackendError::InputShape {
+                name: spec.name.clone(),
+                shape: shape.to_vec(),
+                expected: spec.shape_string(),
+            });
+        }
+    }
+    Ok(())
 }

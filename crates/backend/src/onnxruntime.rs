@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session as OrtSession;
-use ort::value::{TensorElementType, TensorRef, ValueType};
-use singlepoint_core::{DType, Dim, Tensor, TensorSpec};
+use ort::session::SessionInputValue;
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use singlepoint_core::{f16, AnyTensor, Buffer, DType, Dim, TensorSpec};
 
 use crate::{ort_runtime, BackendError, BackendKind, Engine, EngineOptions, Session};
 
@@ -48,8 +49,8 @@ fn environment() -> Result<&'static ort::environment::Environment, BackendError>
 pub struct OrtEngine {
     onnx: Arc<[u8]>,
     options: EngineOptions,
-    input: TensorSpec,
-    output: TensorSpec,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
     /// The session built while loading, handed to the first worker.
     first: Mutex<Option<OrtSession>>,
 }
@@ -64,22 +65,27 @@ fn load_error(reason: impl ToString) -> BackendError {
 impl OrtEngine {
     pub fn load(onnx: Arc<[u8]>, options: EngineOptions) -> Result<OrtEngine, BackendError> {
         let session = build_session(&onnx, options)?;
-        let [input] = session.inputs() else {
-            return Err(load_error(format!(
-                "the model has {} inputs; singlepoint runs single-input models",
-                session.inputs().len()
-            )));
-        };
-        let Some(output) = session.outputs().first() else {
+        if session.inputs().is_empty() {
+            return Err(load_error("the model has no inputs"));
+        }
+        if session.outputs().is_empty() {
             return Err(load_error("the model has no outputs"));
-        };
-        let input = spec(input.name(), input.dtype())?;
-        let output = spec(output.name(), output.dtype())?;
+        }
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|i| spec(i.name(), i.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(OrtEngine {
             onnx,
             options,
-            input,
-            output,
+            inputs,
+            outputs,
             first: Mutex::new(Some(session)),
         })
     }
@@ -103,7 +109,12 @@ fn build_session(onnx: &[u8], options: EngineOptions) -> Result<OrtSession, Back
 }
 
 fn spec(name: &str, value: &ValueType) -> Result<TensorSpec, BackendError> {
-    let ValueType::Tensor { ty, shape, .. } = value else {
+    let ValueType::Tensor {
+        ty,
+        shape,
+        dimension_symbols,
+    } = value
+    else {
         return Err(load_error(format!("`{name}` is not a tensor ({value:?})")));
     };
     let dtype = match ty {
@@ -111,27 +122,37 @@ fn spec(name: &str, value: &ValueType) -> Result<TensorSpec, BackendError> {
         TensorElementType::Float16 => DType::Float16,
         TensorElementType::Int64 => DType::Int64,
         TensorElementType::Int32 => DType::Int32,
+        TensorElementType::Int8 => DType::Int8,
         TensorElementType::Uint8 => DType::Uint8,
+        TensorElementType::Bool => DType::Bool,
         other => {
             return Err(load_error(format!(
                 "`{name}` has unsupported type {other:?}"
             )))
         }
     };
-    let shape = shape
-        .iter()
-        .map(|&d| {
-            if d > 0 {
-                Dim::Fixed(d as usize)
-            } else {
-                Dim::Dynamic
-            }
+    let symbols = (0..shape.len())
+        .map(|i| {
+            dimension_symbols
+                .get(i)
+                .filter(|s| !s.is_empty() && shape[i] <= 0)
+                .cloned()
         })
         .collect();
     Ok(TensorSpec {
         name: name.to_string(),
         dtype,
-        shape,
+        shape: shape
+            .iter()
+            .map(|&d| {
+                if d > 0 {
+                    Dim::Fixed(d as usize)
+                } else {
+                    Dim::Dynamic
+                }
+            })
+            .collect(),
+        symbols,
     })
 }
 
@@ -140,12 +161,12 @@ impl Engine for OrtEngine {
         BackendKind::Ort
     }
 
-    fn input(&self) -> &TensorSpec {
-        &self.input
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
     }
 
-    fn output(&self) -> &TensorSpec {
-        &self.output
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
     }
 
     fn session(&self) -> Result<Box<dyn Session>, BackendError> {
@@ -156,16 +177,16 @@ impl Engine for OrtEngine {
         };
         Ok(Box::new(OrtWorkerSession {
             session,
-            input: self.input.clone(),
-            output_name: self.output.name.clone(),
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
         }))
     }
 }
 
 struct OrtWorkerSession {
     session: OrtSession,
-    input: TensorSpec,
-    output_name: String,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
 }
 
 fn run_error(reason: impl ToString) -> BackendError {
@@ -175,20 +196,67 @@ fn run_error(reason: impl ToString) -> BackendError {
     }
 }
 
+fn input_value(t: &AnyTensor) -> Result<SessionInputValue<'_>, BackendError> {
+    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    macro_rules! view {
+        ($v:expr) => {
+            TensorRef::from_array_view((shape, &$v[..]))
+                .map_err(run_error)?
+                .into()
+        };
+    }
+    Ok(match t.data() {
+        Buffer::F32(v) => view!(v),
+        Buffer::F16(v) => view!(v),
+        Buffer::I64(v) => view!(v),
+        Buffer::I32(v) => view!(v),
+        Buffer::I8(v) => view!(v),
+        Buffer::U8(v) => view!(v),
+        Buffer::Bool(v) => view!(v),
+    })
+}
+
+fn output_tensor(name: &str, value: &DynValue, dtype: DType) -> Result<AnyTensor, BackendError> {
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value
+                .try_extract_tensor::<$t>()
+                .map_err(|e| run_error(format!("output `{name}`: {e}")))?;
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            AnyTensor::new(shape, Buffer::$variant(data.to_vec())).map_err(run_error)?
+        }};
+    }
+    Ok(match dtype {
+        DType::Float32 => extract!(f32, F32),
+        DType::Float16 => extract!(f16, F16),
+        DType::Int64 => extract!(i64, I64),
+        DType::Int32 => extract!(i32, I32),
+        DType::Int8 => extract!(i8, I8),
+        DType::Uint8 => extract!(u8, U8),
+        DType::Bool => extract!(bool, Bool),
+    })
+}
+
 impl Session for OrtWorkerSession {
-    fn run(&mut self, input: &Tensor) -> Result<Tensor, BackendError> {
-        crate::check_input(&self.input, input)?;
-        let shape: Vec<i64> = input.shape().iter().map(|&d| d as i64).collect();
-        let value = TensorRef::from_array_view((shape, input.data())).map_err(run_error)?;
-        let outputs = self
-            .session
-            .run(ort::inputs![self.input.name.as_str() => value])
-            .map_err(run_error)?;
-        let output = outputs
-            .get(&self.output_name)
-            .ok_or_else(|| run_error(format!("no output named `{}`", self.output_name)))?;
-        let (shape, data) = output.try_extract_tensor::<f32>().map_err(run_error)?;
-        let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-        Tensor::new(shape, data.to_vec()).map_err(run_error)
+    fn run_all(&mut self, inputs: &[AnyTensor]) -> Result<Vec<AnyTensor>, BackendError> {
+        crate::check_inputs(&self.inputs, inputs)?;
+        let values = inputs
+            .iter()
+            .map(input_value)
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = self.session.run(&values[..]).map_err(run_error)?;
+        self.outputs
+            .iter()
+            .map(|spec| {
+                let value = outputs
+                    .get(&spec.name)
+                    .ok_or_else(|| run_error(format!("no output named `{}`", spec.name)))?;
+                output_tensor(&spec.name, value, spec.dtype)
+            })
+            .collect()
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Ort
     }
 }

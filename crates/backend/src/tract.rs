@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
-use singlepoint_core::{DType, Dim, Tensor, TensorSpec};
+use singlepoint_core::{f16, AnyTensor, Buffer, DType, Dim, TensorSpec};
 use tract_linalg::multithread::{multithread_tract_scope, Executor};
 use tract_onnx::prelude::{
-    tvec, DatumExt, DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt,
-    IntoRunnable, TypedFact, TypedModel, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoRunnable, TVec,
+    TypedFact, TypedModel, TypedRunnableModel,
 };
 
 use crate::{BackendError, BackendKind, Engine, EngineOptions, Session};
@@ -29,9 +29,10 @@ pub struct TractEngine {
 struct Shared {
     model: InferenceModel,
     options: EngineOptions,
-    input: TensorSpec,
-    output: TensorSpec,
-    plans: Mutex<HashMap<usize, Plan>>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    /// One plan per set of concrete input shapes.
+    plans: Mutex<HashMap<Vec<Vec<usize>>, Plan>>,
 }
 
 fn load_error(reason: impl std::fmt::Display) -> BackendError {
@@ -53,61 +54,77 @@ impl TractEngine {
         let model = tract_onnx::onnx()
             .model_for_read(&mut Cursor::new(onnx))
             .map_err(load_error)?;
-        if model.inputs.len() != 1 {
-            return Err(load_error(format!(
-                "the model has {} inputs; singlepoint runs single-input models",
-                model.inputs.len()
-            )));
+        if model.inputs.is_empty() {
+            return Err(load_error("the model has no inputs"));
         }
         if model.outputs.is_empty() {
             return Err(load_error("the model has no outputs"));
         }
         // Type the model once with its declared (possibly symbolic) shapes to learn them.
         let typed: TypedModel = model.clone().into_typed().map_err(load_error)?;
-        let input_outlet = typed.input_outlets().map_err(load_error)?[0];
-        let output_outlet = typed.output_outlets().map_err(load_error)?[0];
-        let input_name = typed.node(input_outlet.node).name.clone();
-        let output_name = typed
-            .outlet_label(output_outlet)
-            .map(str::to_string)
-            .unwrap_or_else(|| typed.node(output_outlet.node).name.clone());
-        let input = spec(
-            input_name,
-            typed.outlet_fact(input_outlet).map_err(load_error)?,
-        )?;
-        let output = spec(
-            output_name,
-            typed.outlet_fact(output_outlet).map_err(load_error)?,
-        )?;
+        let inputs = typed
+            .input_outlets()
+            .map_err(load_error)?
+            .iter()
+            .map(|&outlet| {
+                let name = typed.node(outlet.node).name.clone();
+                spec(name, typed.outlet_fact(outlet).map_err(load_error)?)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = typed
+            .output_outlets()
+            .map_err(load_error)?
+            .iter()
+            .map(|&outlet| {
+                let name = typed
+                    .outlet_label(outlet)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| typed.node(outlet.node).name.clone());
+                spec(name, typed.outlet_fact(outlet).map_err(load_error)?)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(TractEngine {
             shared: Arc::new(Shared {
                 model,
                 options,
-                input,
-                output,
+                inputs,
+                outputs,
                 plans: Mutex::new(HashMap::new()),
             }),
         })
     }
 }
 
+fn datum(dtype: DType) -> DatumType {
+    match dtype {
+        DType::Float32 => DatumType::F32,
+        DType::Float16 => DatumType::F16,
+        DType::Int64 => DatumType::I64,
+        DType::Int32 => DatumType::I32,
+        DType::Int8 => DatumType::I8,
+        DType::Uint8 => DatumType::U8,
+        DType::Bool => DatumType::Bool,
+    }
+}
+
 impl Shared {
-    /// The plan for a batch of `batch` items, compiled on first use.
-    fn plan(&self, shape: &[usize]) -> Result<Plan, BackendError> {
-        let batch = shape[0];
+    /// The plan for inputs of these shapes, compiled on first use.
+    fn plan(&self, inputs: &[AnyTensor]) -> Result<Plan, BackendError> {
+        let shapes: Vec<Vec<usize>> = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let mut plans = self.plans.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(plan) = plans.get(&batch) {
+        if let Some(plan) = plans.get(&shapes) {
             return Ok(plan.clone());
         }
-        let fact: InferenceFact = f32::fact(shape).into();
-        let plan = self
-            .model
-            .clone()
-            .with_input_fact(0, fact)
-            .and_then(|m| m.into_optimized())
+        let mut model = self.model.clone();
+        for (i, (shape, spec)) in shapes.iter().zip(&self.inputs).enumerate() {
+            let fact = InferenceFact::dt_shape(datum(spec.dtype), shape.as_slice());
+            model = model.with_input_fact(i, fact).map_err(load_error)?;
+        }
+        let plan = model
+            .into_optimized()
             .and_then(|m| m.into_runnable())
             .map_err(load_error)?;
-        plans.insert(batch, plan.clone());
+        plans.insert(shapes, plan.clone());
         Ok(plan)
     }
 }
@@ -118,33 +135,48 @@ fn spec(name: String, fact: &TypedFact) -> Result<TensorSpec, BackendError> {
         DatumType::F16 => DType::Float16,
         DatumType::I64 => DType::Int64,
         DatumType::I32 => DType::Int32,
+        DatumType::I8 => DType::Int8,
         DatumType::U8 => DType::Uint8,
+        DatumType::Bool => DType::Bool,
         other => {
             return Err(load_error(format!(
                 "`{name}` has unsupported type {other:?}"
             )))
         }
     };
-    let shape = fact
-        .shape
-        .iter()
-        .map(|d| match d.to_i64() {
-            Ok(n) if n > 0 => Dim::Fixed(n as usize),
-            _ => Dim::Dynamic,
-        })
-        .collect();
-    Ok(TensorSpec { name, dtype, shape })
+    let mut shape = Vec::new();
+    let mut symbols = Vec::new();
+    for d in fact.shape.iter() {
+        match d.to_i64() {
+            Ok(n) if n > 0 => {
+                shape.push(Dim::Fixed(n as usize));
+                symbols.push(None);
+            }
+            _ => {
+                shape.push(Dim::Dynamic);
+                let name = d.to_string();
+                let plain = name.chars().all(|c| c.is_alphanumeric() || c == '_');
+                symbols.push((plain && !name.is_empty()).then_some(name));
+            }
+        }
+    }
+    Ok(TensorSpec {
+        name,
+        dtype,
+        shape,
+        symbols,
+    })
 }
 
 impl Engine for TractEngine {
     fn kind(&self) -> BackendKind {
         BackendKind::Tract
     }
-    fn input(&self) -> &TensorSpec {
-        &self.shared.input
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.shared.inputs
     }
-    fn output(&self) -> &TensorSpec {
-        &self.shared.output
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.shared.outputs
     }
     fn session(&self) -> Result<Box<dyn Session>, BackendError> {
         let threads = self.shared.options.threads_per_session.max(1);
@@ -165,21 +197,58 @@ struct TractSession {
     executor: Executor,
 }
 
+fn to_tract(t: &AnyTensor) -> Result<tract_onnx::prelude::Tensor, BackendError> {
+    use tract_onnx::prelude::Tensor;
+    let shape = t.shape();
+    match t.data() {
+        Buffer::F32(v) => Tensor::from_shape(shape, v),
+        Buffer::F16(v) => Tensor::from_shape(shape, v),
+        Buffer::I64(v) => Tensor::from_shape(shape, v),
+        Buffer::I32(v) => Tensor::from_shape(shape, v),
+        Buffer::I8(v) => Tensor::from_shape(shape, v),
+        Buffer::U8(v) => Tensor::from_shape(shape, v),
+        Buffer::Bool(v) => Tensor::from_shape(shape, v),
+    }
+    .map_err(run_error)
+}
+
+fn from_tract(t: &tract_onnx::prelude::Tensor) -> Result<AnyTensor, BackendError> {
+    macro_rules! read {
+        ($t:ty, $variant:ident) => {{
+            let view = t.to_plain_array_view::<$t>().map_err(run_error)?;
+            let shape = view.shape().to_vec();
+            AnyTensor::new(shape, Buffer::$variant(view.iter().copied().collect()))
+                .map_err(run_error)
+        }};
+    }
+    match t.datum_type() {
+        DatumType::F32 => read!(f32, F32),
+        DatumType::F16 => read!(f16, F16),
+        DatumType::I64 => read!(i64, I64),
+        DatumType::I32 => read!(i32, I32),
+        DatumType::I8 => read!(i8, I8),
+        DatumType::U8 => read!(u8, U8),
+        DatumType::Bool => read!(bool, Bool),
+        other => Err(run_error(format!(
+            "the model produced an output of type {other:?}"
+        ))),
+    }
+}
+
 impl Session for TractSession {
-    fn run(&mut self, input: &Tensor) -> Result<Tensor, BackendError> {
-        crate::check_input(&self.engine.input, input)?;
-        let plan = self.engine.plan(input.shape())?;
-        let tensor = tract_onnx::prelude::Tensor::from_shape(input.shape(), input.data())
+    fn run_all(&mut self, inputs: &[AnyTensor]) -> Result<Vec<AnyTensor>, BackendError> {
+        crate::check_inputs(&self.engine.inputs, inputs)?;
+        let plan = self.engine.plan(inputs)?;
+        let values: TVec<_> = inputs
+            .iter()
+            .map(|t| to_tract(t).map(Into::into))
+            .collect::<Result<_, _>>()?;
+        let outputs = multithread_tract_scope(self.executor.clone(), || plan.run(values))
             .map_err(run_error)?;
-        let outputs =
-            multithread_tract_scope(self.executor.clone(), || plan.run(tvec!(tensor.into())))
-                .map_err(run_error)?;
-        let output = outputs
-            .first()
-            .ok_or_else(|| run_error("the model produced no output"))?;
-        let view = output.to_plain_array_view::<f32>().map_err(run_error)?;
-        let shape = view.shape().to_vec();
-        let data: Vec<f32> = view.iter().copied().collect();
-        Tensor::new(shape, data).map_err(run_error)
+        outputs.iter().map(|t| from_tract(t)).collect()
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Tract
     }
 }

@@ -4,6 +4,7 @@
 
 mod cache_args;
 mod classify;
+mod init;
 mod output;
 mod serve;
 mod tune;
@@ -39,6 +40,9 @@ enum Command {
     /// Find the cheapest configuration (engine, instances, threads, batch size) for a model
     /// and a sample of your workload, under latency, throughput and memory constraints
     Tune(tune::TuneArgs),
+    /// Write model.json for a bare ONNX file: inputs, outputs, types and shapes from the file;
+    /// what it cannot say (an image model's preprocessing, pad values) from flags
+    Init(init::InitArgs),
     /// Manage the ONNX Runtime library that the fast engine loads
     Runtime {
         #[command(subcommand)]
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Tune(args) => tune::run(args),
+        Command::Init(args) => init::run(args),
         Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
         Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
         Command::Cache {
@@ -245,6 +250,17 @@ fn cache(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `[-1, sequence, 8]`: a shape with the model's dimension names.
+fn shape_with_names(t: &singlepoint_core::TensorSpec) -> String {
+    let dims: Vec<String> = t
+        .shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| t.symbol(i).map_or_else(|| d.to_string(), str::to_string))
+        .collect();
+    format!("[{}]", dims.join(", "))
+}
+
 fn model(action: ModelAction) -> anyhow::Result<()> {
     let ModelAction::Info { model } = action;
     let model = classify::load_model(model.as_deref())?;
@@ -254,20 +270,32 @@ fn model(action: ModelAction) -> anyhow::Result<()> {
     writeln!(out, "origin:   {}", model.origin)?;
     writeln!(out, "task:     {}", m.task.as_str())?;
     writeln!(out, "digest:   {}", model.digest)?;
-    writeln!(
-        out,
-        "input:    {} {} {}",
-        m.input.name,
-        m.input.dtype,
-        m.input.shape_string()
-    )?;
-    writeln!(
-        out,
-        "output:   {} {} {}",
-        m.output.name,
-        m.output.dtype,
-        m.output.shape_string()
-    )?;
+    for d in &m.inputs {
+        let t = &d.spec;
+        let mut rules = String::new();
+        if let Some(pad) = d.pad {
+            rules.push_str(&format!(" pad={pad}"));
+        }
+        if let Some(max) = d.max_length {
+            rules.push_str(&format!(" max_length={max}"));
+        }
+        writeln!(
+            out,
+            "input:    {} {} {}{rules}",
+            t.name,
+            t.dtype,
+            shape_with_names(t)
+        )?;
+    }
+    for t in &m.outputs {
+        writeln!(
+            out,
+            "output:   {} {} {}",
+            t.name,
+            t.dtype,
+            shape_with_names(t)
+        )?;
+    }
     writeln!(
         out,
         "classes:  {}",

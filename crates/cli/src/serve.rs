@@ -121,16 +121,23 @@ pub struct ServeArgs {
     log_format: LogFormat,
 
     /// `explicit`: clients load and unload the repository's models over HTTP
-    /// (`POST /v2/repository/models/{name}/load`, `/unload`); `none`: the models loaded at
-    /// start are served until exit. Needs --model-repository
+    /// (`POST /v2/repository/models/{name}/load`, `/unload`); `poll`: the server rescans the
+    /// repository every --repository-poll-interval and follows it (new and changed folders
+    /// are loaded, removed ones unloaded); `none`: the models loaded at start are served
+    /// until exit. Needs --model-repository
     #[arg(long, value_enum, default_value_t = ModelControlArg::None)]
     model_control: ModelControlArg,
+
+    /// How often `--model-control poll` rescans the repository
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    repository_poll_interval: std::time::Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ModelControlArg {
     None,
     Explicit,
+    Poll,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -139,20 +146,20 @@ enum LogFormat {
     Json,
 }
 
-/// Every model folder under `dir` (those holding a model.json), in name order.
+/// Every model folder under `dir` (those holding a model.json or an ONNX file), in name order.
 fn repository(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the model repository `{}`", dir.display()))?;
     for entry in entries {
         let path = entry?.path();
-        if path.join("model.json").is_file() {
+        if singlepoint_model::is_model_dir(&path) {
             found.push(path);
         }
     }
     if found.is_empty() {
         anyhow::bail!(
-            "the model repository `{}` has no model folders (folders with a model.json)",
+            "the model repository `{}` has no model folders (folders with a model.json or an .onnx file)",
             dir.display()
         );
     }
@@ -172,7 +179,10 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.max_batch_size.get_or_insert(c.batch_size);
     }
     if args.model_control != ModelControlArg::None && args.model_repository.is_none() {
-        anyhow::bail!("`--model-control explicit` needs `--model-repository DIR`: the models it loads come from there");
+        anyhow::bail!("`--model-control explicit` and `poll` need `--model-repository DIR`: the models they load come from there");
+    }
+    if args.repository_poll_interval.is_zero() {
+        anyhow::bail!("`--repository-poll-interval` must be more than 0");
     }
     let threads_per_instance = args.threads_per_instance.unwrap_or(1);
     let started = crate::started();
@@ -257,6 +267,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             control: match args.model_control {
                 ModelControlArg::None => ModelControl::None,
                 ModelControlArg::Explicit => ModelControl::Explicit,
+                ModelControlArg::Poll => ModelControl::Poll(args.repository_poll_interval),
             },
             loader,
         });

@@ -27,8 +27,13 @@ pub fn user_dir() -> PathBuf {
     }
 }
 
-/// Element type of a tensor. Only `float32` flows through the image path today; the enum leaves
-/// room for token ids (`int64`) and audio (`float32`, `int16`) without changing the seam.
+mod tensor;
+
+pub use half::f16;
+pub use tensor::{AnyTensor, Buffer, TensorError};
+
+/// Element type of a tensor: what images (`float32`), token ids and masks (`int64`, `int32`),
+/// quantised and boolean inputs flow through the seam as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
@@ -36,17 +41,41 @@ pub enum DType {
     Float16,
     Int64,
     Int32,
+    Int8,
     Uint8,
+    Bool,
 }
 
 impl DType {
+    pub const ALL: [DType; 7] = [
+        DType::Float32,
+        DType::Float16,
+        DType::Int64,
+        DType::Int32,
+        DType::Int8,
+        DType::Uint8,
+        DType::Bool,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DType::Float32 => "float32",
             DType::Float16 => "float16",
             DType::Int64 => "int64",
             DType::Int32 => "int32",
+            DType::Int8 => "int8",
             DType::Uint8 => "uint8",
+            DType::Bool => "bool",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::Float32 | DType::Int32 => 4,
+            DType::Float16 => 2,
+            DType::Int64 => 8,
+            DType::Int8 | DType::Uint8 | DType::Bool => 1,
         }
     }
 }
@@ -105,9 +134,28 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DType,
     pub shape: Vec<Dim>,
+    /// The name of each dynamic dimension, where the model gives one (ONNX's `dim_param`,
+    /// such as `batch` or `sequence`); axes that share a name have the same size.
+    pub symbols: Vec<Option<String>>,
 }
 
 impl TensorSpec {
+    /// A spec without dimension names.
+    pub fn new(name: impl Into<String>, dtype: DType, shape: Vec<Dim>) -> TensorSpec {
+        let symbols = vec![None; shape.len()];
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape,
+            symbols,
+        }
+    }
+
+    /// The name of axis `axis`, if it has one.
+    pub fn symbol(&self, axis: usize) -> Option<&str> {
+        self.symbols.get(axis).and_then(|s| s.as_deref())
+    }
+
     /// `[-1, 3, 224, 224]`, as a person would write it in model.json.
     pub fn shape_string(&self) -> String {
         shape_string(&self.shape)
@@ -119,7 +167,8 @@ pub fn shape_string(shape: &[Dim]) -> String {
     format!("[{}]", dims.join(", "))
 }
 
-/// A dense, row-major `f32` tensor.
+/// A dense, row-major `f32` tensor: the image path's input and output. [`AnyTensor`] carries
+/// the other element types.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,

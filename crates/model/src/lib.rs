@@ -8,8 +8,10 @@
 //! rest.
 
 pub mod decode;
+pub mod init;
 pub mod labels;
 pub mod manifest;
+pub mod onnx;
 pub mod preprocess;
 
 use std::fmt::Write as _;
@@ -20,7 +22,7 @@ use singlepoint_core::{Dim, ModelDigest, TensorSpec};
 
 pub use decode::{decode_rgb, DecodeError, DecodeLimits, RgbImage};
 pub use labels::{classify_row, ClassScore, Classification, LabelGroups, Labels};
-pub use manifest::{Activation, Manifest, Preprocess, Task};
+pub use manifest::{Activation, ImageSpec, InputDecl, Manifest, Preprocess, Task};
 pub use preprocess::{PreprocessError, Preprocessor};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,19 @@ pub enum ModelError {
     },
 }
 
+/// Whether `dir` holds a model: a `model.json`, or an `.onnx` file to serve as a `tensor`
+/// model.
+pub fn is_model_dir(dir: &Path) -> bool {
+    if dir.join("model.json").is_file() {
+        return true;
+    }
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "onnx") && e.path().is_file())
+    })
+}
+
 /// A loaded and validated model: what the pipeline needs to prepare inputs and read outputs,
 /// and the ONNX bytes an engine compiles.
 #[derive(Clone)]
@@ -78,13 +93,18 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Loads a model from a folder holding `model.json`, or from the manifest file itself.
+    /// Loads a model from a folder holding `model.json`, or from the manifest file itself. A
+    /// folder with no manifest and one `.onnx` file is a `tensor` model described by its ONNX
+    /// signature (what `singlepoint init` would write).
     pub fn load(path: &Path) -> Result<Model, ModelError> {
         let manifest_path = if path.is_dir() {
             path.join("model.json")
         } else {
             path.to_path_buf()
         };
+        if path.is_dir() && !manifest_path.exists() {
+            return Model::load_bare(path);
+        }
         let dir = manifest_path
             .parent()
             .unwrap_or(Path::new("."))
@@ -100,6 +120,68 @@ impl Model {
         Model::from_parts(dir.display().to_string(), &manifest_path, &text, read)
     }
 
+    /// A folder with an ONNX file and no manifest: served as a `tensor` model.
+    fn load_bare(dir: &Path) -> Result<Model, ModelError> {
+        let io = |source| ModelError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut onnx_files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "onnx") && p.is_file())
+            .collect();
+        onnx_files.sort();
+        let file = match onnx_files.as_slice() {
+            [one] => one.clone(),
+            [] => {
+                return Err(ModelError::InvalidFile {
+                    file: dir.join("model.json"),
+                    reason: "does not exist, and the folder has no .onnx file to describe".into(),
+                })
+            }
+            many => {
+                return Err(ModelError::InvalidFile {
+                    file: dir.join("model.json"),
+                    reason: format!(
+                        "does not exist, and the folder has {} .onnx files; write one with `singlepoint init`",
+                        many.len()
+                    ),
+                })
+            }
+        };
+        let bytes = std::fs::read(&file).map_err(|source| ModelError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let rel = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let text =
+            init::describe(&file, &bytes, &init::Options::tensor(&name, &rel)).map_err(|e| {
+                ModelError::InvalidFile {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let manifest_path = dir.join("model.json");
+        let bytes = std::sync::Mutex::new(Some(bytes));
+        Model::from_parts(dir.display().to_string(), &manifest_path, &text, |r| {
+            if r == rel {
+                if let Some(b) = bytes.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return Ok(b);
+                }
+            }
+            let p = dir.join(r);
+            std::fs::read(&p).map_err(|source| ModelError::Io { path: p, source })
+        })
+    }
+
     /// Builds a model from a manifest's text and a function that reads the files it names
     /// (relative paths inside the model's folder).
     pub fn from_parts(
@@ -111,7 +193,13 @@ impl Model {
         let manifest = Manifest::from_json(manifest_path, manifest_text)?;
         let in_dir = |rel: &str| manifest_path.with_file_name(rel);
         let onnx = read(&manifest.onnx)?;
-        check_onnx_header(&in_dir(&manifest.onnx), &onnx)?;
+        onnx::signature(&onnx).map_err(|e| ModelError::NotOnnx {
+            file: in_dir(&manifest.onnx),
+            reason: match e {
+                onnx::SignatureError::NotOnnx(r) => r,
+                other => other.to_string(),
+            },
+        })?;
         let (labels, labels_text) = match &manifest.labels {
             Some(rel) => {
                 let bytes = read(rel)?;
@@ -185,13 +273,46 @@ impl Model {
         .expect("the bundled model is validated by the test suite")
     }
 
-    /// Checks the engine's view of the model's input and output against the manifest, so that
-    /// a manifest that contradicts its ONNX file fails at load time with both shapes named.
-    pub fn check_against(&self, input: &TensorSpec, output: &TensorSpec) -> Result<(), ModelError> {
-        for (field, declared, actual) in [
-            ("inputs[0]", &self.manifest.input, input),
-            ("outputs[0]", &self.manifest.output, output),
-        ] {
+    /// Checks the engine's view of the model's inputs and outputs against the manifest, so
+    /// that a manifest that contradicts its ONNX file fails at load time with both named. An
+    /// image model is checked on its one input and first output; a tensor model on all.
+    pub fn check_against(
+        &self,
+        inputs: &[TensorSpec],
+        outputs: &[TensorSpec],
+    ) -> Result<(), ModelError> {
+        let m = &self.manifest;
+        let count = |field: &str, declared: usize, actual: usize| ModelError::ContradictsModel {
+            file: self.manifest_path.clone(),
+            field: field.to_string(),
+            declared: format!("{declared} tensor(s)"),
+            actual: format!("{actual}"),
+        };
+        let all = m.task == Task::Tensor;
+        if inputs.len() != m.inputs.len() {
+            return Err(count("inputs", m.inputs.len(), inputs.len()));
+        }
+        if all && outputs.len() != m.outputs.len() {
+            return Err(count("outputs", m.outputs.len(), outputs.len()));
+        }
+        let checked_outputs = if all { outputs.len() } else { 1 };
+        let pairs: Vec<(String, &TensorSpec, &TensorSpec)> = m
+            .inputs
+            .iter()
+            .map(|d| &d.spec)
+            .zip(inputs)
+            .enumerate()
+            .map(|(i, (d, a))| (format!("inputs[{i}]"), d, a))
+            .chain(
+                m.outputs
+                    .iter()
+                    .zip(outputs)
+                    .take(checked_outputs)
+                    .enumerate()
+                    .map(|(i, (d, a))| (format!("outputs[{i}]"), d, a)),
+            )
+            .collect();
+        for (field, declared, actual) in pairs {
             let contradiction = |what: &str, d: String, a: String| ModelError::ContradictsModel {
                 file: self.manifest_path.clone(),
                 field: format!("{field}.{what}"),
@@ -235,47 +356,54 @@ impl Model {
     }
 }
 
-/// ONNX files are `ModelProto` protobufs; every exporter writes `ir_version` (field 1, varint)
-/// first. Checking the tag turns "a JPEG renamed model.onnx" into a clear message instead of
-/// an engine's parse error.
-fn check_onnx_header(file: &Path, bytes: &[u8]) -> Result<(), ModelError> {
-    let reason = match bytes.first() {
-        None => "the file is empty".to_string(),
-        Some(0x08) if bytes.len() > 16 => return Ok(()),
-        Some(0x08) => "the file is too short".to_string(),
-        Some(_) => "it does not start with an ONNX ModelProto header".to_string(),
-    };
-    Err(ModelError::NotOnnx {
-        file: file.to_path_buf(),
-        reason,
-    })
-}
-
 /// BLAKE3 over a format tag, the ONNX bytes and every manifest field that changes answers.
 /// The model's `name` is deliberately left out: renaming a folder does not change answers.
 fn model_digest(manifest: &Manifest, onnx: &[u8], labels: &str, groups: &str) -> ModelDigest {
     let mut fields = String::new();
-    let p = &manifest.preprocess;
-    let _ = write!(
+    let _ = writeln!(
         fields,
-        "version={}\ntask={}\ninput={}:{}:{}\noutput={}:{}:{}\ncolor={:?}\nresize={:?}\ncrop={:?}\nscale={}\nmean={:?}\nstd={:?}\nlayout={:?}\nactivation={:?}\n",
+        "version={}\ntask={}",
         manifest.version,
-        manifest.task.as_str(),
-        manifest.input.name,
-        manifest.input.dtype,
-        manifest.input.shape_string(),
-        manifest.output.name,
-        manifest.output.dtype,
-        manifest.output.shape_string(),
-        p.color,
-        p.resize,
-        p.crop,
-        p.scale.to_bits(),
-        p.mean.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        p.std.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-        p.layout,
-        manifest.activation,
+        manifest.task.as_str()
     );
+    for d in &manifest.inputs {
+        let t = &d.spec;
+        let _ = writeln!(
+            fields,
+            "input={}:{}:{}:{:?}:pad={:?}:max={:?}",
+            t.name,
+            t.dtype,
+            t.shape_string(),
+            t.symbols,
+            d.pad.map(f64::to_bits),
+            d.max_length
+        );
+    }
+    for t in &manifest.outputs {
+        let _ = writeln!(
+            fields,
+            "output={}:{}:{}:{:?}",
+            t.name,
+            t.dtype,
+            t.shape_string(),
+            t.symbols
+        );
+    }
+    if let Some(image) = &manifest.image {
+        let p = &image.preprocess;
+        let _ = write!(
+            fields,
+            "color={:?}\nresize={:?}\ncrop={:?}\nscale={}\nmean={:?}\nstd={:?}\nlayout={:?}\nactivation={:?}\n",
+            p.color,
+            p.resize,
+            p.crop,
+            p.scale.to_bits(),
+            p.mean.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            p.std.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            p.layout,
+            image.activation,
+        );
+    }
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"singlepoint-model-identity-v1\0");
     for part in [

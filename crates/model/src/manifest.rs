@@ -10,19 +10,45 @@ use singlepoint_core::{DType, Dim, TensorSpec};
 
 use crate::ModelError;
 
-/// What a model does. Only image classification is served today; text and audio tasks will
+/// What a model does: image classification (encoded images in, ranked classes out), or
+/// `tensor` (any ONNX model: named tensors in, named tensors out). Text and audio tasks will
 /// add variants with their own preprocessing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Task {
     ImageClassification,
+    Tensor,
 }
 
 impl Task {
+    pub const NAMES: &'static str = "`image-classification` or `tensor`";
+
     pub fn as_str(self) -> &'static str {
         match self {
             Task::ImageClassification => "image-classification",
+            Task::Tensor => "tensor",
         }
     }
+
+    pub fn parse(name: &str) -> Option<Task> {
+        match name {
+            "image-classification" => Some(Task::ImageClassification),
+            "tensor" => Some(Task::Tensor),
+            _ => None,
+        }
+    }
+}
+
+/// A declared model input and how items of different lengths batch together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InputDecl {
+    pub spec: TensorSpec,
+    /// The value shorter items are padded with along their dynamic axes, so that items of
+    /// different lengths share a batch. Without it, only items of one shape batch together.
+    /// Declare it only where the model ignores padded positions (through a mask input that is
+    /// padded as well, typically with 0).
+    pub pad: Option<f64>,
+    /// The largest size any dynamic axis (other than the batch) may have.
+    pub max_length: Option<usize>,
 }
 
 /// Channel order the model expects.
@@ -180,6 +206,14 @@ pub enum Activation {
     None,
 }
 
+/// What an image task adds to the manifest: how images become the input, how the output is
+/// read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageSpec {
+    pub preprocess: Preprocess,
+    pub activation: Activation,
+}
+
 /// A validated `model.json`. File references are relative paths inside the model's folder.
 #[derive(Clone, Debug)]
 pub struct Manifest {
@@ -187,10 +221,13 @@ pub struct Manifest {
     pub version: String,
     pub task: Task,
     pub onnx: String,
-    pub input: TensorSpec,
-    pub output: TensorSpec,
-    pub preprocess: Preprocess,
-    pub activation: Activation,
+    /// Every input the model takes, in the model's order (an image model has one).
+    pub inputs: Vec<InputDecl>,
+    /// Every output the model gives, in the model's order (an image classifier's first is its
+    /// scores).
+    pub outputs: Vec<TensorSpec>,
+    /// Present exactly for image tasks.
+    pub image: Option<ImageSpec>,
     pub labels: Option<String>,
     pub label_groups: Option<String>,
 }
@@ -205,9 +242,8 @@ struct RawManifest {
     onnx: String,
     inputs: Vec<RawTensor>,
     outputs: Vec<RawTensor>,
-    preprocess: RawPreprocess,
-    #[serde(default)]
-    postprocess: RawPostprocess,
+    preprocess: Option<RawPreprocess>,
+    postprocess: Option<RawPostprocess>,
     labels: Option<String>,
     label_groups: Option<String>,
     #[serde(default)]
@@ -224,7 +260,18 @@ fn default_version() -> String {
 struct RawTensor {
     name: String,
     dtype: DType,
-    shape: Vec<i64>,
+    shape: Vec<RawDim>,
+    pad: Option<f64>,
+    max_length: Option<usize>,
+}
+
+/// A dimension as written: a size, `-1` (dynamic), or a name (dynamic; axes that share a name
+/// have one size, as ONNX's `dim_param`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDim {
+    Size(i64),
+    Name(String),
 }
 
 #[derive(Deserialize)]
@@ -268,14 +315,6 @@ struct RawPostprocess {
     activation: Activation,
 }
 
-impl Default for RawPostprocess {
-    fn default() -> Self {
-        RawPostprocess {
-            activation: Activation::Softmax,
-        }
-    }
-}
-
 /// Python's `round`: to the nearest integer, ties to even.
 pub fn round_half_even(x: f64) -> f64 {
     let r = x.round();
@@ -317,15 +356,12 @@ impl Manifest {
                 format!("`{}` may use only letters, digits, `-`, `_` and `.`, and must not start with `.`", raw.name),
             ));
         }
-        let task = match raw.task.as_str() {
-            "image-classification" => Task::ImageClassification,
-            other => {
-                return Err(invalid(
-                    "task",
-                    format!("`{other}` is not supported; expected `image-classification`"),
-                ))
-            }
-        };
+        let task = Task::parse(&raw.task).ok_or_else(|| {
+            invalid(
+                "task",
+                format!("`{}` is not supported; expected {}", raw.task, Task::NAMES),
+            )
+        })?;
         check_relative_path(&raw.onnx).map_err(|r| invalid("onnx", r))?;
         for (field, value) in [("labels", &raw.labels), ("label_groups", &raw.label_groups)] {
             if let Some(path) = value {
@@ -336,10 +372,74 @@ impl Manifest {
             return Err(invalid("label_groups", "needs `labels` as well".into()));
         }
 
-        let input = single_tensor(&raw.inputs, "inputs").map_err(|r| invalid("inputs", r))?;
-        let output = single_tensor(&raw.outputs, "outputs").map_err(|r| invalid("outputs", r))?;
-
-        let p = raw.preprocess;
+        let inputs = tensors(&raw.inputs, "inputs", &invalid)?;
+        let outputs = tensors(&raw.outputs, "outputs", &invalid)?;
+        if task == Task::Tensor {
+            for (field, present) in [
+                ("preprocess", raw.preprocess.is_some()),
+                ("postprocess", raw.postprocess.is_some()),
+                ("labels", raw.labels.is_some()),
+            ] {
+                if present {
+                    return Err(invalid(
+                        field,
+                        "belongs to image tasks; a `tensor` model takes and gives tensors as they are"
+                            .into(),
+                    ));
+                }
+            }
+            return Ok(Manifest {
+                name: raw.name,
+                version: raw.version,
+                task,
+                onnx: raw.onnx,
+                inputs,
+                outputs: outputs.into_iter().map(|d| d.spec).collect(),
+                image: None,
+                labels: None,
+                label_groups: None,
+            });
+        }
+        for (i, t) in raw.inputs.iter().chain(&raw.outputs).enumerate() {
+            if t.pad.is_some() || t.max_length.is_some() {
+                let field = if i < raw.inputs.len() {
+                    format!("inputs[{i}]")
+                } else {
+                    format!("outputs[{}]", i - raw.inputs.len())
+                };
+                return Err(invalid(
+                    &field,
+                    "`pad` and `max_length` belong to `tensor` models".into(),
+                ));
+            }
+        }
+        let (input, output) = match (inputs.as_slice(), outputs.as_slice()) {
+            ([i], [o]) => (i.spec.clone(), o.spec.clone()),
+            ([_], _) => {
+                return Err(invalid(
+                    "outputs",
+                    format!(
+                        "image classification takes exactly one tensor in `outputs`, found {}",
+                        outputs.len()
+                    ),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "inputs",
+                    format!(
+                        "image classification takes exactly one tensor in `inputs`, found {}",
+                        inputs.len()
+                    ),
+                ))
+            }
+        };
+        let p = raw.preprocess.ok_or_else(|| {
+            invalid(
+                "preprocess",
+                "is missing: an image task needs to know how images become its input".into(),
+            )
+        })?;
         let resize = match (p.resize.shorter_side, p.resize.exact) {
             (Some(size), None) => ResizePolicy::ShorterSide {
                 size,
@@ -479,53 +579,155 @@ impl Manifest {
             version: raw.version,
             task,
             onnx: raw.onnx,
-            input,
-            output,
-            preprocess,
-            activation: raw.postprocess.activation,
+            inputs: vec![InputDecl {
+                spec: input,
+                pad: None,
+                max_length: None,
+            }],
+            outputs: vec![output],
+            image: Some(ImageSpec {
+                preprocess,
+                activation: raw
+                    .postprocess
+                    .map_or(Activation::Softmax, |p| p.activation),
+            }),
             labels: raw.labels,
             label_groups: raw.label_groups,
         })
     }
 
-    /// Number of classes, when the manifest fixes it.
-    pub fn classes(&self) -> Option<usize> {
-        self.output.shape.get(1).and_then(|d| d.fixed())
+    /// The first input (an image model's only one).
+    pub fn input(&self) -> &TensorSpec {
+        &self.inputs[0].spec
     }
 
-    /// The largest batch the model's input admits (`None`: any).
+    /// The first output (an image classifier's scores).
+    pub fn output(&self) -> &TensorSpec {
+        &self.outputs[0]
+    }
+
+    /// Number of classes, when the manifest fixes it (image tasks).
+    pub fn classes(&self) -> Option<usize> {
+        self.image.as_ref()?;
+        self.output().shape.get(1).and_then(|d| d.fixed())
+    }
+
+    /// The largest batch the model's inputs admit (`None`: any).
     pub fn max_batch(&self) -> Option<usize> {
-        self.input.shape.first().and_then(|d| d.fixed())
+        self.inputs
+            .iter()
+            .filter_map(|i| i.spec.shape.first().and_then(|d| d.fixed()))
+            .min()
     }
 }
 
-fn single_tensor(raw: &[RawTensor], what: &str) -> Result<TensorSpec, String> {
-    let [t] = raw else {
-        return Err(format!(
-            "image classification takes exactly one tensor in `{what}`, found {}",
-            raw.len()
-        ));
-    };
-    if t.name.is_empty() {
-        return Err("tensor name must not be empty".into());
+/// Reads and checks `inputs` or `outputs`: names present and distinct, sizes positive, a batch
+/// axis first, `pad` and `max_length` only where an axis can vary.
+fn tensors(
+    raw: &[RawTensor],
+    what: &str,
+    invalid: &dyn Fn(&str, String) -> ModelError,
+) -> Result<Vec<InputDecl>, ModelError> {
+    if raw.is_empty() {
+        return Err(invalid(what, "must list at least one tensor".into()));
     }
-    let shape = t
-        .shape
-        .iter()
-        .map(|&d| match d {
-            -1 => Ok(Dim::Dynamic),
-            d if d > 0 => Ok(Dim::Fixed(d as usize)),
-            d => Err(format!(
-                "dimension {d} of `{}`: expected -1 or a positive size",
-                t.name
-            )),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TensorSpec {
-        name: t.name.clone(),
-        dtype: t.dtype,
-        shape,
-    })
+    let mut out: Vec<InputDecl> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let field = format!("{what}[{i}]");
+        if t.name.is_empty() {
+            return Err(invalid(&field, "tensor name must not be empty".into()));
+        }
+        if out.iter().any(|d| d.spec.name == t.name) {
+            return Err(invalid(&field, format!("`{}` is listed twice", t.name)));
+        }
+        if t.shape.is_empty() {
+            return Err(invalid(
+                &format!("{field}.shape"),
+                "needs at least the batch axis".into(),
+            ));
+        }
+        let mut shape = Vec::with_capacity(t.shape.len());
+        let mut symbols = Vec::with_capacity(t.shape.len());
+        for d in &t.shape {
+            match d {
+                RawDim::Size(-1) => {
+                    shape.push(Dim::Dynamic);
+                    symbols.push(None);
+                }
+                RawDim::Size(n) if *n > 0 => {
+                    shape.push(Dim::Fixed(*n as usize));
+                    symbols.push(None);
+                }
+                RawDim::Size(n) => {
+                    return Err(invalid(
+                        what,
+                        format!(
+                            "dimension {n} of `{}`: expected -1, a name or a positive size",
+                            t.name
+                        ),
+                    ))
+                }
+                RawDim::Name(s) if !s.is_empty() => {
+                    shape.push(Dim::Dynamic);
+                    symbols.push(Some(s.clone()));
+                }
+                RawDim::Name(_) => {
+                    return Err(invalid(
+                        &format!("{field}.shape"),
+                        "a dimension name must not be empty".into(),
+                    ))
+                }
+            }
+        }
+        let varies = shape[1..].contains(&Dim::Dynamic);
+        if let Some(pad) = t.pad {
+            if !varies {
+                return Err(invalid(
+                    &format!("{field}.pad"),
+                    format!("`{}` has no dynamic axis to pad", t.name),
+                ));
+            }
+            let fits = match t.dtype {
+                DType::Float32 | DType::Float16 => pad.is_finite(),
+                DType::Bool => pad == 0.0 || pad == 1.0,
+                DType::Int64 => pad.fract() == 0.0 && pad.abs() < 9.0e15,
+                DType::Int32 => {
+                    pad.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(&pad)
+                }
+                DType::Int8 => pad.fract() == 0.0 && (-128.0..=127.0).contains(&pad),
+                DType::Uint8 => pad.fract() == 0.0 && (0.0..=255.0).contains(&pad),
+            };
+            if !fits {
+                return Err(invalid(
+                    &format!("{field}.pad"),
+                    format!("{pad} is not a {} value", t.dtype),
+                ));
+            }
+        }
+        if let Some(max) = t.max_length {
+            if max == 0 || !varies {
+                return Err(invalid(
+                    &format!("{field}.max_length"),
+                    format!(
+                        "must be positive and needs a dynamic axis; `{}` has shape {}",
+                        t.name,
+                        singlepoint_core::shape_string(&shape)
+                    ),
+                ));
+            }
+        }
+        out.push(InputDecl {
+            spec: TensorSpec {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape,
+                symbols,
+            },
+            pad: t.pad,
+            max_length: t.max_length,
+        });
+    }
+    Ok(out)
 }
 
 fn check_input_shape(input: &TensorSpec, p: &Preprocess) -> Result<(), String> {
@@ -586,7 +788,10 @@ mod tests {
         let m = parse(GOOD).unwrap();
         assert_eq!(m.name, "efficientnet-lite0");
         assert_eq!(m.classes(), Some(1000));
-        assert_eq!(m.preprocess.item_shape(), [3, 224, 224]);
+        assert_eq!(
+            m.image.as_ref().unwrap().preprocess.item_shape(),
+            [3, 224, 224]
+        );
         assert_eq!(m.max_batch(), None);
     }
 
@@ -661,6 +866,77 @@ mod tests {
             assert!(matches!(err, ModelError::ManifestSyntax { .. }), "{err:?}");
             assert!(err.to_string().contains("m/model.json"), "{err}");
         }
+    }
+
+    const TENSOR: &str = r#"{
+        "name": "tokens", "task": "tensor", "onnx": "model.onnx",
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": [-1, "sequence"], "pad": 0, "max_length": 64},
+            {"name": "attention_mask", "dtype": "int64", "shape": [-1, "sequence"], "pad": 0}
+        ],
+        "outputs": [{"name": "pooled", "dtype": "float32", "shape": [-1, 8]}]
+    }"#;
+
+    #[test]
+    fn tensor_manifests_keep_every_tensor_with_its_rules() {
+        let m = parse(TENSOR).unwrap();
+        assert_eq!(m.task, Task::Tensor);
+        assert!(m.image.is_none());
+        assert_eq!(m.inputs.len(), 2);
+        assert_eq!(m.inputs[0].spec.symbol(1), Some("sequence"));
+        assert_eq!(m.inputs[0].pad, Some(0.0));
+        assert_eq!(m.inputs[0].max_length, Some(64));
+        assert_eq!(m.inputs[1].max_length, None);
+        assert_eq!(m.classes(), None);
+    }
+
+    /// Each case edits the tensor manifest and names the field the error must mention.
+    #[test]
+    fn invalid_tensor_manifests_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "\"pad\": 0, \"max_length\": 64",
+                "\"pad\": 0.5",
+                "inputs[0].pad",
+            ),
+            (
+                "[-1, \"sequence\"], \"pad\": 0, \"max_length\": 64",
+                "[-1, 4], \"pad\": 0",
+                "inputs[0].pad",
+            ),
+            (
+                "\"max_length\": 64",
+                "\"max_length\": 0",
+                "inputs[0].max_length",
+            ),
+            ("\"attention_mask\"", "\"input_ids\"", "inputs[1]"),
+            ("[-1, 8]", "[]", "outputs[0].shape"),
+            ("[-1, 8]", "[-1, \"\"]", "outputs[0].shape"),
+            (
+                "\"onnx\": \"model.onnx\",",
+                "\"onnx\": \"model.onnx\", \"labels\": \"l.txt\",",
+                "labels",
+            ),
+        ];
+        for (from, to, field) in cases {
+            assert!(
+                TENSOR.contains(from),
+                "case `{from}` does not edit the manifest"
+            );
+            let text = TENSOR.replacen(from, to, 1);
+            match parse(&text) {
+                Err(ModelError::InvalidManifest { field: f, .. }) => {
+                    assert_eq!(&f, field, "editing `{from}` → `{to}`")
+                }
+                other => panic!("editing `{from}` → `{to}`: expected `{field}`, got {other:?}"),
+            }
+        }
+        // A pad on an image model's fixed-size input has nothing to pad.
+        let image = GOOD.replacen("[-1, 3, 224, 224] }", "[-1, 3, 224, 224], \"pad\": 0 }", 1);
+        assert_ne!(image, GOOD);
+        assert!(
+            matches!(parse(&image), Err(ModelError::InvalidManifest { field, .. }) if field == "inputs[0].pad")
+        );
     }
 
     #[test]

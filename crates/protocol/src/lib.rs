@@ -17,6 +17,9 @@ use bytes::Bytes;
 pub enum ItemInput {
     /// Encoded image bytes: decoded and preprocessed with the model's manifest.
     Image(Bytes),
-    /// A preprocessed row of the model's input, row-major, already checked for length.
+    /// A preprocessed row of an image model's input, row-major, already checked for length.
     Tensor(Vec<f32>),
+    /// One row of each of a tensor model's inputs, in the model's order, each without the
+    /// batch axis; already checked against the manifest (types, ranks, sizes, shared lengths).
+    Tensors(Vec<singlepoint_core::AnyTensor>),
 }

@@ -10,15 +10,19 @@
 //! encoded images (`BYTES`, shape `[n]` or `[n, 1]`), which the server decodes and preprocesses
 //! with the model's manifest. Outputs are the model's output rows, or with the classification
 //! extension (`"parameters": {"classification": k}`) the top k as `"value:index:label"`.
+//!
+//! A `tensor` model ([`parse_tensor_request`]) takes each of its inputs by name, of any of the
+//! seam's types (`FP32`, `FP16`, `INT64`, `INT32`, `INT8`, `UINT8`, `BOOL`), and answers with
+//! every output, or those the request names in `outputs`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use singlepoint_core::{DType, Dim, TensorSpec};
+use singlepoint_core::{AnyTensor, Buffer, DType, Dim, TensorSpec};
 use singlepoint_model::labels::top_k_indices;
-use singlepoint_model::Model;
+use singlepoint_model::{InputDecl, Model};
 
 use crate::ItemInput;
 
@@ -29,7 +33,9 @@ pub fn datatype(dtype: DType) -> &'static str {
         DType::Float16 => "FP16",
         DType::Int64 => "INT64",
         DType::Int32 => "INT32",
+        DType::Int8 => "INT8",
         DType::Uint8 => "UINT8",
+        DType::Bool => "BOOL",
     }
 }
 
@@ -85,15 +91,17 @@ pub struct InferRequest {
     pub outputs: Vec<OutputRequest>,
 }
 
-/// Parses a request body. `header_len` is `Inference-Header-Content-Length`, when present.
-/// Every error is the client's (400) and says what was wrong.
-pub fn parse_request(
-    body: &Bytes,
-    header_len: Option<usize>,
-    input: &TensorSpec,
-    output: &TensorSpec,
-    n_classes: usize,
-) -> Result<InferRequest, String> {
+/// A request's JSON with each input's data (JSON, or its slice of the binary section).
+struct Framed {
+    id: Option<String>,
+    inputs: Vec<(RawInput, TensorData)>,
+    outputs: Option<Vec<RawOutput>>,
+    binary_default: bool,
+}
+
+/// Splits a body into the JSON request and each input's data. `header_len` is
+/// `Inference-Header-Content-Length`, when present.
+fn frame(body: &Bytes, header_len: Option<usize>) -> Result<Framed, String> {
     let (json, mut binary) = match header_len {
         None => (body.clone(), Bytes::new()),
         Some(n) if n > body.len() => {
@@ -106,21 +114,8 @@ pub fn parse_request(
     };
     let raw: RawRequest =
         serde_json::from_slice(&json).map_err(|e| format!("malformed inference request: {e}"))?;
-    if raw.inputs.len() != 1 {
-        return Err(format!(
-            "the model takes exactly one input, `{}`; the request has {}",
-            input.name,
-            raw.inputs.len()
-        ));
-    }
-    let mut items = Vec::new();
-    for raw_input in raw.inputs {
-        if raw_input.name != input.name {
-            return Err(format!(
-                "unknown input `{}`; the model's input is `{}`",
-                raw_input.name, input.name
-            ));
-        }
+    let mut inputs = Vec::with_capacity(raw.inputs.len());
+    for mut raw_input in raw.inputs {
         let binary_size = match raw_input
             .parameters
             .as_ref()
@@ -153,7 +148,7 @@ pub fn parse_request(
                 binary = binary.slice(size..);
                 TensorData::Binary(taken)
             }
-            None => match raw_input.data {
+            None => match raw_input.data.take() {
                 Some(v) => TensorData::Json(v),
                 None => {
                     return Err(format!(
@@ -163,13 +158,7 @@ pub fn parse_request(
                 }
             },
         };
-        items = parse_input(
-            &raw_input.name,
-            &raw_input.datatype,
-            &raw_input.shape,
-            data,
-            input,
-        )?;
+        inputs.push((raw_input, data));
     }
     if !binary.is_empty() {
         return Err(format!(
@@ -183,7 +172,50 @@ pub fn parse_request(
         .and_then(|p| p.get("binary_data_output"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let outputs = match raw.outputs {
+    Ok(Framed {
+        id: raw.id,
+        inputs,
+        outputs: raw.outputs,
+        binary_default,
+    })
+}
+
+/// Parses an image model's request: its one input as the preprocessed tensor or as encoded
+/// images. `header_len` is `Inference-Header-Content-Length`, when present. Every error is the
+/// client's (400) and says what was wrong.
+pub fn parse_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+    input: &TensorSpec,
+    output: &TensorSpec,
+    n_classes: usize,
+) -> Result<InferRequest, String> {
+    let framed = frame(body, header_len)?;
+    if framed.inputs.len() != 1 {
+        return Err(format!(
+            "the model takes exactly one input, `{}`; the request has {}",
+            input.name,
+            framed.inputs.len()
+        ));
+    }
+    let mut items = Vec::new();
+    for (raw_input, data) in framed.inputs {
+        if raw_input.name != input.name {
+            return Err(format!(
+                "unknown input `{}`; the model's input is `{}`",
+                raw_input.name, input.name
+            ));
+        }
+        items = parse_input(
+            &raw_input.name,
+            &raw_input.datatype,
+            &raw_input.shape,
+            data,
+            input,
+        )?;
+    }
+    let binary_default = framed.binary_default;
+    let outputs = match framed.outputs {
         None => vec![OutputRequest {
             name: output.name.clone(),
             classification: None,
@@ -195,10 +227,347 @@ pub fn parse_request(
             .collect::<Result<_, _>>()?,
     };
     Ok(InferRequest {
-        id: raw.id,
+        id: framed.id,
         items,
         outputs,
     })
+}
+
+/// A tensor model's request, checked against its declared inputs: every input once, of its
+/// type and rank, fixed sizes as declared, dynamic sizes within `max_length`, axes that share a
+/// dimension name of one size, and one batch size across inputs. Items are the batch's rows.
+pub fn parse_tensor_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+    inputs: &[InputDecl],
+    outputs: &[TensorSpec],
+) -> Result<InferRequest, String> {
+    let framed = frame(body, header_len)?;
+    let expected: Vec<&str> = inputs.iter().map(|d| d.spec.name.as_str()).collect();
+    let mut given: Vec<Option<AnyTensor>> = vec![None; inputs.len()];
+    for (raw, data) in framed.inputs {
+        let Some(k) = inputs.iter().position(|d| d.spec.name == raw.name) else {
+            return Err(format!(
+                "unknown input `{}`; the model's inputs are {}",
+                raw.name,
+                quoted(&expected)
+            ));
+        };
+        if given[k].is_some() {
+            return Err(format!("input `{}` is given twice", raw.name));
+        }
+        given[k] = Some(read_tensor(&raw, data, &inputs[k])?);
+    }
+    if let Some(k) = given.iter().position(Option::is_none) {
+        return Err(format!(
+            "input `{}` is missing; the model takes {}",
+            expected[k],
+            quoted(&expected)
+        ));
+    }
+    let given: Vec<AnyTensor> = given.into_iter().flatten().collect();
+    let n = given[0].shape()[0];
+    // Named axes: one size per name across the request's inputs.
+    let mut named: Vec<(&str, &str, usize, usize)> = Vec::new();
+    for (decl, t) in inputs.iter().zip(&given) {
+        if t.shape()[0] != n {
+            return Err(format!(
+                "input `{}` has {} rows but `{}` has {n}; every input has one row per item",
+                decl.spec.name,
+                t.shape()[0],
+                expected[0]
+            ));
+        }
+        for (axis, &size) in t.shape().iter().enumerate().skip(1) {
+            let Some(symbol) = decl.spec.symbol(axis) else {
+                continue;
+            };
+            match named.iter().find(|(s, ..)| *s == symbol) {
+                Some(&(_, other, other_axis, other_size)) if other_size != size => {
+                    return Err(format!(
+                        "input `{}` axis {axis} is {size} but `{other}` axis {other_axis} is {other_size}; axes named `{symbol}` must have one size (a mask has its ids' length)",
+                        decl.spec.name
+                    ));
+                }
+                Some(_) => {}
+                None => named.push((symbol, decl.spec.name.as_str(), axis, size)),
+            }
+        }
+    }
+    let items = (0..n)
+        .map(|i| ItemInput::Tensors(given.iter().map(|t| t.item(i)).collect()))
+        .collect();
+    let requested = match framed.outputs {
+        None => outputs
+            .iter()
+            .map(|o| OutputRequest {
+                name: o.name.clone(),
+                classification: None,
+                binary: framed.binary_default,
+            })
+            .collect(),
+        Some(list) => {
+            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+            list.into_iter()
+                .map(|o| {
+                    if !names.contains(&o.name.as_str()) {
+                        return Err(format!(
+                            "unknown output `{}`; the model's outputs are {}",
+                            o.name,
+                            quoted(&names)
+                        ));
+                    }
+                    let params = o.parameters.unwrap_or_default();
+                    if params.contains_key("classification") {
+                        return Err(format!(
+                            "output `{}`: classification is for image-classification models",
+                            o.name
+                        ));
+                    }
+                    Ok(OutputRequest {
+                        binary: binary_flag(&params, &o.name, framed.binary_default)?,
+                        name: o.name,
+                        classification: None,
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Ok(InferRequest {
+        id: framed.id,
+        items,
+        outputs: requested,
+    })
+}
+
+fn quoted(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One input of a tensor request, checked against its declaration.
+fn read_tensor(raw: &RawInput, data: TensorData, decl: &InputDecl) -> Result<AnyTensor, String> {
+    let spec = &decl.spec;
+    let name = &raw.name;
+    let want = datatype(spec.dtype);
+    if raw.datatype != want {
+        return Err(format!(
+            "input `{name}`: the model takes {want}, not {}",
+            raw.datatype
+        ));
+    }
+    if raw.shape.len() != spec.shape.len() {
+        return Err(format!(
+            "input `{name}`: shape {:?} has {} dimensions; the model takes {} ({})",
+            raw.shape,
+            raw.shape.len(),
+            spec.shape.len(),
+            spec.shape_string()
+        ));
+    }
+    if raw.shape.iter().any(|&d| d < 0) {
+        return Err(format!(
+            "input `{name}`: shape {:?} has a negative dimension",
+            raw.shape
+        ));
+    }
+    let dims: Vec<usize> = raw.shape.iter().map(|&d| d as usize).collect();
+    if dims[0] == 0 {
+        return Err(format!("input `{name}`: the batch is empty"));
+    }
+    for (axis, (&n, d)) in dims.iter().zip(&spec.shape).enumerate().skip(1) {
+        if !d.admits(n) {
+            return Err(format!(
+                "input `{name}`: axis {axis} is {n}; the model takes {d} ({})",
+                spec.shape_string()
+            ));
+        }
+        if n == 0 {
+            return Err(format!("input `{name}`: axis {axis} is empty"));
+        }
+        if let (Dim::Dynamic, Some(max)) = (d, decl.max_length) {
+            if n > max {
+                return Err(format!(
+                    "input `{name}`: axis {axis} is {n}, over the model's max_length of {max}"
+                ));
+            }
+        }
+    }
+    let count = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("input `{name}`: shape {dims:?} is too large"))?;
+    let buffer = match data {
+        TensorData::Binary(bytes) => {
+            let size = spec.dtype.size();
+            if count.checked_mul(size) != Some(bytes.len()) {
+                return Err(format!(
+                    "input `{name}`: binary_data_size is {} bytes but shape {dims:?} of {want} needs {}",
+                    bytes.len(),
+                    count as u128 * size as u128
+                ));
+            }
+            Buffer::from_le_bytes(spec.dtype, &bytes).map_err(|e| format!("input `{name}`: {e}"))?
+        }
+        TensorData::Json(value) => {
+            let mut leaves = Vec::with_capacity(count.min(1 << 20));
+            flatten_leaves(&value, &mut leaves, count)
+                .map_err(|e| format!("input `{name}`: {e}"))?;
+            if leaves.len() != count {
+                return Err(format!(
+                    "input `{name}`: shape {dims:?} needs {count} elements but `data` has {}",
+                    leaves.len()
+                ));
+            }
+            json_buffer(spec.dtype, &leaves).map_err(|e| format!("input `{name}`: {e}"))?
+        }
+    };
+    let non_finite = match &buffer {
+        Buffer::F32(v) => v.iter().position(|x| !x.is_finite()),
+        Buffer::F16(v) => v.iter().position(|x| !x.is_finite()),
+        _ => None,
+    };
+    if let Some(pos) = non_finite {
+        return Err(format!(
+            "input `{name}`: element {pos} is {} (NaN and infinities are refused)",
+            buffer.get_f64(pos)
+        ));
+    }
+    AnyTensor::new(dims, buffer).map_err(|e| format!("input `{name}`: {e}"))
+}
+
+/// Collects the leaves of nested JSON arrays, row-major, refusing more than `max`.
+fn flatten_leaves<'a>(
+    value: &'a Value,
+    out: &mut Vec<&'a Value>,
+    max: usize,
+) -> Result<(), String> {
+    match value {
+        Value::Array(items) => items.iter().try_for_each(|v| flatten_leaves(v, out, max)),
+        leaf => {
+            if out.len() >= max {
+                return Err(format!(
+                    "`data` has more than the {max} elements the shape needs"
+                ));
+            }
+            out.push(leaf);
+            Ok(())
+        }
+    }
+}
+
+/// JSON leaves as elements of `dtype`: numbers in the type's range (integers for integer
+/// types), `true`/`false` (or 0/1) for booleans.
+fn json_buffer(dtype: DType, leaves: &[&Value]) -> Result<Buffer, String> {
+    let bad = |i: usize, v: &Value, what: &str| format!("element {i} is {v}, not {what}");
+    let int = |i: usize, v: &Value, lo: i64, hi: i64| -> Result<i64, String> {
+        v.as_i64()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| bad(i, v, &format!("an integer from {lo} to {hi}")))
+    };
+    let float = |i: usize, v: &Value| -> Result<f64, String> {
+        v.as_f64().ok_or_else(|| bad(i, v, "a number"))
+    };
+    let e = leaves.iter().copied().enumerate();
+    Ok(match dtype {
+        DType::Float32 => Buffer::F32(
+            e.map(|(i, v)| float(i, v).map(|x| x as f32))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Float16 => Buffer::F16(
+            e.map(|(i, v)| float(i, v).map(singlepoint_core::f16::from_f64))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Int64 => Buffer::I64(
+            e.map(|(i, v)| int(i, v, i64::MIN, i64::MAX))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Int32 => Buffer::I32(
+            e.map(|(i, v)| int(i, v, i32::MIN.into(), i32::MAX.into()).map(|x| x as i32))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Int8 => Buffer::I8(
+            e.map(|(i, v)| int(i, v, -128, 127).map(|x| x as i8))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Uint8 => Buffer::U8(
+            e.map(|(i, v)| int(i, v, 0, 255).map(|x| x as u8))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Bool => Buffer::Bool(
+            e.map(|(i, v)| match v {
+                Value::Bool(b) => Ok(*b),
+                other => int(i, other, 0, 1).map(|x| x == 1),
+            })
+            .collect::<Result<_, _>>()?,
+        ),
+    })
+}
+
+/// Encodes a tensor model's answers: each requested output, the items' rows stacked along
+/// the batch axis, as JSON numbers or binary little-endian elements. An error means the items'
+/// outputs could not be stacked (the server's fault, not the client's).
+pub fn encode_tensor_response(
+    model: &Model,
+    id: Option<String>,
+    answers: &[Arc<[AnyTensor]>],
+    requested: &[OutputRequest],
+    outputs: &[TensorSpec],
+    cache_hits: usize,
+) -> Result<Encoded, String> {
+    let mut binary = Vec::new();
+    let mut encoded = Vec::with_capacity(requested.len());
+    for o in requested {
+        let k = outputs
+            .iter()
+            .position(|s| s.name == o.name)
+            .ok_or_else(|| format!("no output `{}`", o.name))?;
+        let rows: Vec<&AnyTensor> = answers
+            .iter()
+            .map(|a| {
+                a.get(k)
+                    .ok_or_else(|| format!("an answer lacks output `{}`", o.name))
+            })
+            .collect::<Result<_, _>>()?;
+        let stacked =
+            AnyTensor::stack(&rows, None).map_err(|e| format!("output `{}`: {e}", o.name))?;
+        let (parameters, data) = if o.binary {
+            let before = binary.len();
+            stacked.data().write_le_bytes(&mut binary);
+            (
+                Some(serde_json::json!({ "binary_data_size": binary.len() - before })),
+                None,
+            )
+        } else {
+            (None, Some(json_values(stacked.data())))
+        };
+        encoded.push(ResponseOutput {
+            name: o.name.clone(),
+            datatype: datatype(stacked.dtype()),
+            shape: stacked.shape().to_vec(),
+            parameters,
+            data,
+        });
+    }
+    Ok(finish_response(
+        model, id, encoded, binary, requested, cache_hits,
+    ))
+}
+
+fn json_values(data: &Buffer) -> Value {
+    let values: Vec<Value> = match data {
+        Buffer::F32(v) => v.iter().map(|&x| Value::from(x)).collect(),
+        Buffer::F16(v) => v.iter().map(|x| Value::from(x.to_f32())).collect(),
+        Buffer::I64(v) => v.iter().map(|&x| Value::from(x)).collect(),
+        Buffer::I32(v) => v.iter().map(|&x| Value::from(x)).collect(),
+        Buffer::I8(v) => v.iter().map(|&x| Value::from(x)).collect(),
+        Buffer::U8(v) => v.iter().map(|&x| Value::from(x)).collect(),
+        Buffer::Bool(v) => v.iter().map(|&x| Value::from(x)).collect(),
+    };
+    Value::Array(values)
 }
 
 fn parse_output(
@@ -214,12 +583,7 @@ fn parse_output(
         ));
     }
     let params = o.parameters.unwrap_or_default();
-    let binary = match params.get("binary_data") {
-        None => binary_default,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| format!("output `{}`: binary_data must be true or false", o.name))?,
-    };
+    let binary = binary_flag(&params, &o.name, binary_default)?;
     let classification = match params.get("classification") {
         None => None,
         Some(v) => {
@@ -240,6 +604,15 @@ fn parse_output(
         classification,
         binary,
     })
+}
+
+fn binary_flag(params: &Map<String, Value>, name: &str, default: bool) -> Result<bool, String> {
+    match params.get("binary_data") {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .ok_or_else(|| format!("output `{name}`: binary_data must be true or false")),
+    }
 }
 
 enum TensorData {
@@ -440,11 +813,11 @@ pub struct Encoded {
     pub header_len: Option<usize>,
 }
 
-/// Encodes the answer rows as the requested outputs.
+/// Encodes an image model's answer rows as the requested outputs.
 pub fn encode_response(
     model: &Model,
     id: Option<String>,
-    rows: &[Arc<[f32]>],
+    rows: &[&[f32]],
     outputs: &[OutputRequest],
     cache_hits: usize,
 ) -> Encoded {
@@ -515,6 +888,17 @@ pub fn encode_response(
             data,
         });
     }
+    finish_response(model, id, encoded, binary, outputs, cache_hits)
+}
+
+fn finish_response(
+    model: &Model,
+    id: Option<String>,
+    encoded: Vec<ResponseOutput>,
+    binary: Vec<u8>,
+    outputs: &[OutputRequest],
+    cache_hits: usize,
+) -> Encoded {
     let response = Response {
         model_name: model.manifest.name.clone(),
         model_version: model.manifest.version.clone(),
@@ -535,16 +919,8 @@ mod tests {
 
     fn spec() -> (TensorSpec, TensorSpec) {
         (
-            TensorSpec {
-                name: "input".into(),
-                dtype: DType::Float32,
-                shape: vec![Dim::Dynamic, Dim::Fixed(2)],
-            },
-            TensorSpec {
-                name: "logits".into(),
-                dtype: DType::Float32,
-                shape: vec![Dim::Dynamic, Dim::Fixed(3)],
-            },
+            TensorSpec::new("input", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(2)]),
+            TensorSpec::new("logits", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(3)]),
         )
     }
 
@@ -561,7 +937,7 @@ mod tests {
             .iter()
             .map(|i| match i {
                 ItemInput::Tensor(v) => v.clone(),
-                ItemInput::Image(_) => panic!("expected a tensor"),
+                _ => panic!("expected a tensor row"),
             })
             .collect()
     }

@@ -99,6 +99,6 @@ pub fn load_engine(
             }
         }
     };
-    model.check_against(engine.input(), engine.output())?;
+    model.check_against(engine.inputs(), engine.outputs())?;
     Ok(LoadedEngine { engine, warnings })
 }

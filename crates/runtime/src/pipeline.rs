@@ -218,7 +218,17 @@ impl Classifier {
     ) -> Result<RunStats, RuntimeError> {
         let c = &self.config;
         let window = c.instances * c.batch_size * c.batches_in_flight_per_instance;
-        let task = Arc::new(ImageClassification::new(self.model.clone(), c.limits));
+        let task = ImageClassification::new(self.model.clone(), c.limits).ok_or_else(|| {
+            RuntimeError::Config {
+                field: "model".into(),
+                reason: format!(
+                    "`{}` is a `{}` model; classify runs image-classification models (serve it and send tensors over the inference protocol)",
+                    self.model.manifest.name,
+                    self.model.manifest.task.as_str()
+                ),
+            }
+        })?;
+        let task = Arc::new(task);
         let service = ModelService::start(
             self.model.clone(),
             task,
@@ -273,8 +283,12 @@ impl Classifier {
                 let answer = ticket.and_then(Ticket::wait_blocking);
                 let t0 = thread_cpu_time();
                 let (outcome, source) = match answer {
-                    Ok((row, source)) => (
-                        Ok(task::answer(&self.model, &row, self.config.top_k)),
+                    Ok((outputs, source)) => (
+                        Ok(task::answer(
+                            &self.model,
+                            task::row(&outputs),
+                            self.config.top_k,
+                        )),
                         match source {
                             Source::Computed => AnswerSource::Computed,
                             Source::Cache => AnswerSource::Cache,

@@ -15,10 +15,16 @@
 //!          ─▶ one engine run ─▶ cache insert ─▶ every waiter of each key ─────────▶ answer
 //! ```
 //!
-//! What is model-specific (how an input becomes the model's input, what an entry encodes) is
-//! the [`Task`]'s. The unit of work is one item (one image or one tensor row); its answer is
-//! the model's output row. Rows are what the cache stores, so any top-k or output format, from
-//! any front-end, is derived from a hit without running the model. The computation of an
+//! What is model-specific (how an input becomes the model's inputs, which items may share a
+//! batch, which outputs an answer keeps) is the [`Task`]'s. The unit of work is one item (one
+//! image, or one row of every input of a tensor model); its answer is the model's outputs for
+//! it. Outputs are what the cache stores, so any top-k, output selection or format, from any
+//! front-end, is derived from a hit without running the model.
+//!
+//! A batch taken from the queue runs as one engine run per group of items that can be
+//! stacked: items of one shape, or, for inputs with a declared pad value, items of any lengths,
+//! padded to the longest; outputs along an axis that shares a dimension name with a padded
+//! input axis are cut back to each item's own length. The computation of an
 //! admitted item does not depend on the caller that led it: a caller that gives up does not
 //! cancel it, and its answer is cached.
 
@@ -32,14 +38,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use singlepoint_backend::{BackendKind, Engine, Session};
 use singlepoint_cache::{CacheKey, ResultCache};
-use singlepoint_core::{Tensor, TensorSpec};
-use singlepoint_model::{DecodeLimits, Model};
+use singlepoint_core::{AnyTensor, TensorSpec};
+use singlepoint_model::{DecodeLimits, InputDecl, Model};
 use tokio::sync::oneshot;
 
 use crate::adaptive::Adaptive;
 use crate::cputime::thread_cpu_time;
 use crate::metrics::{ModelMetrics, StageCpu};
-use crate::task::{Prepare, PrepareTimes, Task};
+use crate::task::{decode_outputs, encode_outputs, Outputs, Prepare, PrepareTimes, Task};
 
 pub use singlepoint_protocol::ItemInput;
 
@@ -123,9 +129,9 @@ impl ItemError {
     }
 }
 
-pub type Outcome = Result<Arc<[f32]>, ItemError>;
-/// An answered item: its output row and where it came from.
-pub type Answer = Result<(Arc<[f32]>, Source), ItemError>;
+pub type Outcome = Result<Outputs, ItemError>;
+/// An answered item: its outputs and where they came from.
+pub type Answer = Result<(Outputs, Source), ItemError>;
 
 /// Where an answer came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,8 +202,8 @@ struct Job {
 enum Work {
     /// Still to be prepared by the task.
     Raw(ItemInput),
-    /// One item of the model's input.
-    Ready(Vec<f32>),
+    /// One item of the model's inputs.
+    Ready(Vec<AnyTensor>),
 }
 
 type Waiters = Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>;
@@ -206,7 +212,6 @@ type Waiters = Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>;
 struct Shared {
     model: Arc<Model>,
     task: Arc<dyn Task>,
-    item_shape: Vec<usize>,
     cache: Option<Arc<ResultCache>>,
     in_flight: Waiters,
     admitted: AtomicUsize,
@@ -221,8 +226,8 @@ struct Shared {
 pub struct ModelService {
     shared: Arc<Shared>,
     engine_kind: BackendKind,
-    input: TensorSpec,
-    output: TensorSpec,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
     decode_tx: Mutex<Option<Sender<Job>>>,
     batch_tx: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -242,7 +247,6 @@ impl ModelService {
             .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(Shared {
             model: model.clone(),
-            item_shape: task.item_shape(),
             task,
             cache,
             in_flight: Mutex::new(HashMap::new()),
@@ -284,8 +288,8 @@ impl ModelService {
         Ok(ModelService {
             shared,
             engine_kind: engine.kind(),
-            input: engine.input().clone(),
-            output: engine.output().clone(),
+            inputs: engine.inputs().to_vec(),
+            outputs: engine.outputs().to_vec(),
             decode_tx: Mutex::new((config.decode_workers > 0).then_some(decode_tx)),
             batch_tx: Mutex::new(Some(batch_tx)),
             threads: Mutex::new(threads),
@@ -308,12 +312,24 @@ impl ModelService {
         self.engine_kind
     }
 
+    /// The model's first input, as the engine sees it.
     pub fn input(&self) -> &TensorSpec {
-        &self.input
+        &self.inputs[0]
     }
 
+    /// The model's first output, as the engine sees it.
     pub fn output(&self) -> &TensorSpec {
-        &self.output
+        &self.outputs[0]
+    }
+
+    /// Every input, as the engine sees them.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// Every output, as the engine sees them.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -373,10 +389,15 @@ impl ModelService {
                 let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
                 CacheKey::new(&shared.model.digest, encoding, &bytes)
             }
+            ItemInput::Tensors(tensors) => {
+                let mut bytes = Vec::new();
+                crate::task::write_tensors(tensors, &mut bytes);
+                CacheKey::new(&shared.model.digest, encoding, &bytes)
+            }
         };
         let lookup = || {
             let cache = shared.cache.as_ref()?;
-            cache.get(&key).and_then(|v| row_from_bytes(&v))
+            cache.get(&key).and_then(|v| decode_outputs(&v))
         };
         if let Some(row) = lookup() {
             shared.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -429,10 +450,9 @@ impl ModelService {
             a.arrived();
         }
         let now = Instant::now();
-        let (work, to_pool) = match input {
-            ItemInput::Tensor(data) => (Work::Ready(data), false),
-            raw => (Work::Raw(raw), true),
-        };
+        // Tensors need no decoding: the instance that takes them prepares them in passing.
+        let to_pool = matches!(input, ItemInput::Image(_));
+        let work = Work::Raw(input);
         let job = Job {
             key,
             admitted: now,
@@ -480,22 +500,6 @@ fn lock_clone<T>(slot: &Mutex<Option<Sender<T>>>) -> Option<Sender<T>> {
     slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
-fn row_from_bytes(bytes: &[u8]) -> Option<Arc<[f32]>> {
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    Some(
-        bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
-}
-
-fn row_to_bytes(row: &[f32]) -> Arc<[u8]> {
-    row.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
 /// Publishes the outcome of `key` to everyone waiting for it; `release` gives back the
 /// admission slot the leader took (first, so that a caller woken by the answer may submit
 /// again at once).
@@ -520,19 +524,16 @@ fn expired() -> ItemError {
 }
 
 /// Prepares one raw job in place; on failure publishes the error and returns false.
-fn prepare_job(
-    shared: &Shared,
-    preparer: &mut Box<dyn Prepare>,
-    job: &mut Job,
-    item_len: usize,
-) -> bool {
-    let Work::Raw(input) = &job.work else {
+fn prepare_job(shared: &Shared, preparer: &mut Box<dyn Prepare>, job: &mut Job) -> bool {
+    if matches!(job.work, Work::Ready(_)) {
+        return true;
+    }
+    let Work::Raw(input) = std::mem::replace(&mut job.work, Work::Ready(Vec::new())) else {
         return true;
     };
     let started = Instant::now();
-    let mut data = vec![0.0f32; item_len];
     let mut times = PrepareTimes::default();
-    let prepared = preparer.prepare(input, &mut data, &mut times);
+    let prepared = preparer.prepare(input, &mut times);
     let cpu = &shared.metrics.cpu;
     StageCpu::add(&cpu.decode, times.decode);
     StageCpu::add(&cpu.preprocess, times.preprocess);
@@ -541,7 +542,7 @@ fn prepare_job(
         .decode_seconds
         .observe_duration(started.elapsed());
     match prepared {
-        Ok(()) => {
+        Ok(data) => {
             job.work = Work::Ready(data);
             true
         }
@@ -554,14 +555,13 @@ fn prepare_job(
 
 fn run_decoder(shared: &Shared, jobs: &Receiver<Job>, batches: &Sender<Job>) {
     let mut preparer = shared.task.preparer();
-    let item_len: usize = shared.item_shape.iter().product();
     for mut job in jobs.iter() {
         if Instant::now() >= job.deadline {
             shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
             finish(shared, &job.key, Err(expired()), true);
             continue;
         }
-        if !prepare_job(shared, &mut preparer, &mut job, item_len) {
+        if !prepare_job(shared, &mut preparer, &mut job) {
             continue;
         }
         job.queued = Instant::now();
@@ -632,11 +632,8 @@ fn next_batch(
 }
 
 fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Job>) {
-    let item_shape = &shared.item_shape;
-    let item_len: usize = item_shape.iter().product();
     // Only used when there is no preprocessing pool: this instance prepares its own batches.
     let mut preparer = shared.task.preparer();
-    let mut buffer: Vec<f32> = Vec::new();
     let config = &shared.config;
     loop {
         let (max, delay) = match &shared.adaptive {
@@ -665,68 +662,30 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
         }
         let batch: Vec<Job> = batch
             .into_iter()
-            .filter_map(|mut job| {
-                prepare_job(shared, &mut preparer, &mut job, item_len).then_some(job)
-            })
+            .filter_map(|mut job| prepare_job(shared, &mut preparer, &mut job).then_some(job))
             .collect();
         if batch.is_empty() {
             continue;
         }
         shared.busy.fetch_add(1, Ordering::Relaxed);
-        buffer.clear();
-        for p in &batch {
-            if let Work::Ready(data) = &p.work {
-                buffer.extend_from_slice(data);
+        let items: Vec<&[AnyTensor]> = batch
+            .iter()
+            .map(|j| match &j.work {
+                Work::Ready(v) => v.as_slice(),
+                Work::Raw(_) => &[],
+            })
+            .collect();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        for group in stackable_groups(&items, shared.task.inputs()) {
+            let results = run_group(shared, session.as_mut(), &items, &group);
+            for (&i, outcome) in group.iter().zip(results) {
+                outcomes[i] = Some(outcome);
             }
         }
-        let mut shape = vec![batch.len()];
-        shape.extend_from_slice(item_shape);
-        let outcomes: Vec<Outcome> = match Tensor::new(shape, std::mem::take(&mut buffer)) {
-            Err(e) => vec![Err(ItemError::Inference(e.to_string())); batch.len()],
-            Ok(input) => {
-                let t0 = Instant::now();
-                let cpu0 = thread_cpu_time();
-                let output = std::panic::catch_unwind(AssertUnwindSafe(|| session.run(&input)));
-                let took = t0.elapsed();
-                let cpu1 = thread_cpu_time();
-                StageCpu::add(&shared.metrics.cpu.inference, cpu1.saturating_sub(cpu0));
-                shared.metrics.compute_seconds.observe_duration(took);
-                if let Some(a) = &shared.adaptive {
-                    a.observe_run(batch.len(), took.as_secs_f64());
-                }
-                shared.metrics.batch_size.observe(batch.len() as f64);
-                shared.metrics.executions.fetch_add(1, Ordering::Relaxed);
-                buffer = input.into_parts().1;
-                let outcomes = match output {
-                    Ok(Ok(out)) if out.shape().first() == Some(&batch.len()) => {
-                        shared
-                            .metrics
-                            .items_computed
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        (0..batch.len())
-                            .map(|i| Ok(Arc::<[f32]>::from(out.item(i))))
-                            .collect()
-                    }
-                    Ok(Ok(out)) => {
-                        let e = ItemError::Inference(format!(
-                            "the model returned shape {:?} for a batch of {}",
-                            out.shape(),
-                            batch.len()
-                        ));
-                        vec![Err(e); batch.len()]
-                    }
-                    Ok(Err(e)) => vec![Err(ItemError::Inference(e.to_string())); batch.len()],
-                    Err(_) => {
-                        vec![Err(ItemError::Inference("the engine crashed".into())); batch.len()]
-                    }
-                };
-                StageCpu::add(
-                    &shared.metrics.cpu.postprocess,
-                    thread_cpu_time().saturating_sub(cpu1),
-                );
-                outcomes
-            }
-        };
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(ItemError::Inference("the item was not run".into()))))
+            .collect();
         // Store before publishing, so that a caller arriving after the in-flight entry is
         // gone finds the answer in the cache.
         let cpu0 = thread_cpu_time();
@@ -734,7 +693,11 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
             let inserts: Vec<(CacheKey, Arc<[u8]>)> = batch
                 .iter()
                 .zip(&outcomes)
-                .filter_map(|(p, o)| o.as_ref().ok().map(|row| (p.key, row_to_bytes(row))))
+                .filter_map(|(p, o)| {
+                    o.as_ref()
+                        .ok()
+                        .map(|outputs| (p.key, Arc::from(encode_outputs(outputs))))
+                })
                 .collect();
             cache.insert_many(&shared.model.digest, &inserts);
         }
@@ -757,6 +720,153 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
         );
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Splits a batch into groups that stack into one engine run, keeping arrival order within
+/// each: items whose inputs have one shape, where inputs with a pad value may differ in
+/// their dynamic sizes (only their ranks must agree).
+fn stackable_groups(items: &[&[AnyTensor]], decls: &[InputDecl]) -> Vec<Vec<usize>> {
+    let signature = |item: &[AnyTensor]| -> Vec<Vec<usize>> {
+        item.iter()
+            .enumerate()
+            .map(|(k, t)| {
+                if decls.get(k).is_some_and(|d| d.pad.is_some()) {
+                    vec![t.shape().len()]
+                } else {
+                    t.shape().to_vec()
+                }
+            })
+            .collect()
+    };
+    let mut groups: Vec<(Vec<Vec<usize>>, Vec<usize>)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let sig = signature(item);
+        match groups.iter_mut().find(|(s, _)| *s == sig) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((sig, vec![i])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
+/// The size each dimension name has in one item (axes of the item's inputs, batch axis left
+/// out).
+fn named_sizes<'a>(decls: &'a [InputDecl], item: &[AnyTensor]) -> HashMap<&'a str, usize> {
+    let mut sizes = HashMap::new();
+    for (decl, t) in decls.iter().zip(item) {
+        for (axis, &n) in t.shape().iter().enumerate() {
+            if let Some(name) = decl.spec.symbol(axis + 1) {
+                sizes.insert(name, n);
+            }
+        }
+    }
+    sizes
+}
+
+/// Stacks the items of `group`, runs them as one batch and splits the outputs per item.
+fn run_group(
+    shared: &Shared,
+    session: &mut dyn Session,
+    items: &[&[AnyTensor]],
+    group: &[usize],
+) -> Vec<Outcome> {
+    let n = group.len();
+    let decls = shared.task.inputs();
+    let fail = |e: String| vec![Err(ItemError::Inference(e)); n];
+    let stacked: Result<Vec<AnyTensor>, _> = decls
+        .iter()
+        .enumerate()
+        .map(|(k, decl)| {
+            let parts: Vec<&AnyTensor> = group.iter().filter_map(|&i| items[i].get(k)).collect();
+            if parts.len() != n {
+                return Err(format!("an item lacks input `{}`", decl.spec.name));
+            }
+            AnyTensor::stack(&parts, decl.pad).map_err(|e| e.to_string())
+        })
+        .collect();
+    let inputs = match stacked {
+        Ok(inputs) => inputs,
+        Err(e) => return fail(e),
+    };
+    let padded = group.iter().any(|&i| {
+        items[i]
+            .iter()
+            .zip(&inputs)
+            .any(|(t, s)| t.shape() != &s.shape()[1..])
+    });
+    let t0 = Instant::now();
+    let cpu0 = thread_cpu_time();
+    let output = std::panic::catch_unwind(AssertUnwindSafe(|| session.run_all(&inputs)));
+    let took = t0.elapsed();
+    let cpu1 = thread_cpu_time();
+    StageCpu::add(&shared.metrics.cpu.inference, cpu1.saturating_sub(cpu0));
+    shared.metrics.compute_seconds.observe_duration(took);
+    if let Some(a) = &shared.adaptive {
+        a.observe_run(n, took.as_secs_f64());
+    }
+    shared.metrics.batch_size.observe(n as f64);
+    shared.metrics.executions.fetch_add(1, Ordering::Relaxed);
+    let kept = shared.task.outputs();
+    let outcomes = match output {
+        Ok(Ok(outs))
+            if outs.len() >= kept.len() && outs.iter().all(|o| o.shape().first() == Some(&n)) =>
+        {
+            shared
+                .metrics
+                .items_computed
+                .fetch_add(n as u64, Ordering::Relaxed);
+            group
+                .iter()
+                .enumerate()
+                .map(|(pos, &i)| {
+                    let sizes = padded.then(|| named_sizes(decls, items[i]));
+                    outs.iter()
+                        .zip(kept)
+                        .map(|(out, spec)| {
+                            let item = out.item(pos);
+                            let Some(sizes) = &sizes else {
+                                return Ok(item);
+                            };
+                            let own: Vec<usize> = item
+                                .shape()
+                                .iter()
+                                .enumerate()
+                                .map(|(axis, &d)| {
+                                    spec.symbol(axis + 1)
+                                        .and_then(|s| sizes.get(s))
+                                        .map_or(d, |&s| s.min(d))
+                                })
+                                .collect();
+                            if own == item.shape() {
+                                Ok(item)
+                            } else {
+                                item.crop(&own)
+                                    .map_err(|e| ItemError::Inference(e.to_string()))
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map(Outputs::from)
+                })
+                .collect()
+        }
+        Ok(Ok(outs)) => fail(format!(
+            "the model returned outputs of shapes {:?} for a batch of {n}",
+            outs.iter().map(|o| o.shape().to_vec()).collect::<Vec<_>>()
+        )),
+        // One item the engine refuses (an id outside the vocabulary, say) must not fail the
+        // others it was batched with: run each alone, so that only it fails.
+        Ok(Err(_)) if n > 1 => group
+            .iter()
+            .flat_map(|&i| run_group(shared, session, items, &[i]))
+            .collect(),
+        Ok(Err(e)) => fail(e.to_string()),
+        Err(_) => fail("the engine crashed".into()),
+    };
+    StageCpu::add(
+        &shared.metrics.cpu.postprocess,
+        thread_cpu_time().saturating_sub(cpu1),
+    );
+    outcomes
 }
 
 #[cfg(test)]
@@ -840,12 +950,5 @@ mod tests {
             "did not wait out the delay"
         );
         drop(tx);
-    }
-
-    #[test]
-    fn rows_round_trip_through_cache_bytes() {
-        let row = [1.5f32, -0.0, f32::MAX, 3.25];
-        assert_eq!(&*row_from_bytes(&row_to_bytes(&row)).unwrap(), &row);
-        assert!(row_from_bytes(&[1, 2, 3]).is_none());
     }
 }

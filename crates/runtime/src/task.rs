@@ -2,26 +2,33 @@
 //!
 //! The core ([`crate::service`]) keys, caches, coalesces, admits, batches and runs items
 //! without knowing what they are. A [`Task`] says the rest: how one request input becomes one
-//! item of the model's input tensor ([`Prepare`], run on the core's preprocessing threads), and
-//! what the cache stores for an input of each kind (bound into its key). Cache entries hold the
-//! model's output row for an input, never a formatted answer, so every front-end and endpoint
-//! that derives its answer from the same outputs shares them; the answer itself is the task's
-//! function of the row and the request's options (for classification, [`answer`]).
+//! item of the model's inputs ([`Prepare`], run on the core's preprocessing threads), how items
+//! of different shapes may share a batch (the inputs' declared pad values and dimension
+//! names), which outputs an item's answer keeps, and what the cache stores for an input of each
+//! kind (bound into its key). Cache entries hold the model's outputs for an input, never a
+//! formatted answer, so every front-end and endpoint that derives its answer from the same
+//! outputs shares them; the answer itself is the task's function of the outputs and the
+//! request's options (for classification, [`answer`]).
 //!
-//! Image classification is the task implemented here; an input that is already a preprocessed
-//! tensor row skips [`Prepare`] altogether.
+//! Two tasks are implemented: [`ImageClassification`] (encoded images in, the score row out)
+//! and [`TensorTask`] (any ONNX model: named tensors in, every output out).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use singlepoint_core::{AnyTensor, Buffer, DType, TensorSpec};
 use singlepoint_model::{
-    classify_row, decode_rgb, Classification, DecodeLimits, Model, Preprocessor,
+    classify_row, decode_rgb, Classification, DecodeLimits, ImageSpec, InputDecl, Model,
+    Preprocessor,
 };
 use singlepoint_protocol::ItemInput;
 
 use crate::cputime::thread_cpu_time;
 use crate::service::ItemError;
+
+/// An item's answer: the model's outputs for it, each without the batch axis.
+pub type Outputs = Arc<[AnyTensor]>;
 
 /// What is model-specific about serving one model.
 pub trait Task: Send + Sync {
@@ -30,23 +37,30 @@ pub trait Task: Send + Sync {
     /// The encoding of what the cache stores for `input`, bound into its key with the model's
     /// digest and the input's bytes: two kinds of input, or a change of encoding, never share
     /// an entry.
-    fn entry_encoding(&self, input: &ItemInput) -> &'static [u8];
-    /// The shape of one prepared item: the model's input without its batch axis.
-    fn item_shape(&self) -> Vec<usize>;
+    fn entry_encoding(&self, input: &ItemInput) -> &'static [u8] {
+        match input {
+            ItemInput::Image(_) => ENTRY_IMAGE,
+            ItemInput::Tensor(_) => ENTRY_ROW,
+            ItemInput::Tensors(_) => ENTRY_TENSORS,
+        }
+    }
+    /// The model's inputs in order, with how items of different shapes batch together.
+    fn inputs(&self) -> &[InputDecl];
+    /// The outputs an answer keeps, in the model's order (a prefix of the model's outputs).
+    fn outputs(&self) -> &[TensorSpec];
     /// A preparer for one preprocessing thread (it may keep scratch buffers).
     fn preparer(&self) -> Box<dyn Prepare>;
 }
 
 /// One thread's way of turning inputs into model input.
 pub trait Prepare: Send {
-    /// Writes one item of the model's input for `input` into `out` (exactly one item long),
-    /// adding the CPU time of each stage to `times`.
+    /// One item of the model's inputs for `input` (one tensor per model input, without the
+    /// batch axis), adding the CPU time of each stage to `times`.
     fn prepare(
         &mut self,
-        input: &ItemInput,
-        out: &mut [f32],
+        input: ItemInput,
         times: &mut PrepareTimes,
-    ) -> Result<(), ItemError>;
+    ) -> Result<Vec<AnyTensor>, ItemError>;
 }
 
 /// CPU time a [`Prepare`] spent, by stage.
@@ -56,29 +70,47 @@ pub struct PrepareTimes {
     pub preprocess: Duration,
 }
 
-/// The cached entries' encoding: the output row as little-endian f32, per kind of input.
-const ROW_IMAGE: &[u8] = b"output-row-f32le-v1;input=encoded-image";
-const ROW_TENSOR: &[u8] = b"output-row-f32le-v1;input=tensor-f32le";
+/// The cached entries' encoding ([`encode_outputs`]), per kind of input.
+const ENTRY_IMAGE: &[u8] = b"outputs-v1;input=encoded-image";
+const ENTRY_ROW: &[u8] = b"outputs-v1;input=tensor-f32le";
+const ENTRY_TENSORS: &[u8] = b"outputs-v1;input=tensors";
 
 /// `image-classification`: encoded images decoded and preprocessed as the manifest says; the
 /// answer is the top classes of the output row.
 pub struct ImageClassification {
     model: Arc<Model>,
+    image: ImageSpec,
     limits: DecodeLimits,
 }
 
 impl ImageClassification {
-    pub fn new(model: Arc<Model>, limits: DecodeLimits) -> ImageClassification {
-        ImageClassification { model, limits }
+    /// `None` when the model is not an image model.
+    pub fn new(model: Arc<Model>, limits: DecodeLimits) -> Option<ImageClassification> {
+        let image = model.manifest.image.clone()?;
+        Some(ImageClassification {
+            model,
+            image,
+            limits,
+        })
     }
+}
+
+/// The score row of an image model's answer (its first output).
+pub fn row(outputs: &[AnyTensor]) -> &[f32] {
+    outputs.first().and_then(AnyTensor::as_f32).unwrap_or(&[])
 }
 
 /// The classification answer for one output row of `model`: the `top_k` classes with
 /// probabilities and labels, as every front-end derives it.
 pub fn answer(model: &Model, row: &[f32], top_k: usize) -> Classification {
+    let activation = model
+        .manifest
+        .image
+        .as_ref()
+        .map_or(singlepoint_model::Activation::None, |i| i.activation);
     classify_row(
         row,
-        model.manifest.activation,
+        activation,
         top_k,
         model.labels.as_ref(),
         model.groups.as_ref(),
@@ -90,28 +122,25 @@ impl Task for ImageClassification {
         self.model.manifest.task.as_str()
     }
 
-    fn entry_encoding(&self, input: &ItemInput) -> &'static [u8] {
-        match input {
-            ItemInput::Image(_) => ROW_IMAGE,
-            ItemInput::Tensor(_) => ROW_TENSOR,
-        }
+    fn inputs(&self) -> &[InputDecl] {
+        &self.model.manifest.inputs
     }
 
-    fn item_shape(&self) -> Vec<usize> {
-        self.model.manifest.preprocess.item_shape().to_vec()
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.model.manifest.outputs[..1]
     }
 
     fn preparer(&self) -> Box<dyn Prepare> {
         Box::new(ImagePreparer {
-            model: self.model.clone(),
+            preprocessor: Preprocessor::new(&self.image.preprocess),
+            image: self.image.clone(),
             limits: self.limits,
-            preprocessor: Preprocessor::new(&self.model.manifest.preprocess),
         })
     }
 }
 
 struct ImagePreparer {
-    model: Arc<Model>,
+    image: ImageSpec,
     limits: DecodeLimits,
     preprocessor: Preprocessor,
 }
@@ -119,29 +148,38 @@ struct ImagePreparer {
 impl Prepare for ImagePreparer {
     fn prepare(
         &mut self,
-        input: &ItemInput,
-        out: &mut [f32],
+        input: ItemInput,
         times: &mut PrepareTimes,
-    ) -> Result<(), ItemError> {
+    ) -> Result<Vec<AnyTensor>, ItemError> {
+        let preprocess = &self.image.preprocess;
+        let shape = preprocess.item_shape().to_vec();
+        let len: usize = shape.iter().product();
+        let tensor = |data: Vec<f32>| {
+            AnyTensor::new(shape.clone(), Buffer::F32(data))
+                .map_err(|e| ItemError::Input(e.to_string()))
+        };
         let bytes = match input {
             ItemInput::Image(bytes) => bytes,
             ItemInput::Tensor(row) => {
-                if row.len() != out.len() {
+                if row.len() != len {
                     return Err(ItemError::Input(format!(
-                        "a tensor row of {} values, the model takes {}",
+                        "a tensor row of {} values, the model takes {len}",
                         row.len(),
-                        out.len()
                     )));
                 }
-                out.copy_from_slice(row);
-                return Ok(());
+                return Ok(vec![tensor(row)?]);
+            }
+            ItemInput::Tensors(_) => {
+                return Err(ItemError::Input(
+                    "an image model takes encoded images or its preprocessed input row".into(),
+                ))
             }
         };
-        let preprocess = &self.model.manifest.preprocess;
+        let mut out = vec![0.0f32; len];
         let t0 = thread_cpu_time();
         let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
             decode_rgb(
-                bytes,
+                &bytes,
                 &self.limits,
                 Some(preprocess.min_source_short_side()),
             )
@@ -151,10 +189,10 @@ impl Prepare for ImagePreparer {
         let (image, _) =
             decoded.map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))??;
         let prepared =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.preprocessor.run(&image, out)));
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.preprocessor.run(&image, &mut out)));
         times.preprocess += thread_cpu_time().saturating_sub(t1);
         match prepared {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(vec![tensor(out)?]),
             Ok(Err(e)) => Err(ItemError::Preprocess(e.to_string())),
             Err(panic) => {
                 // Its buffers may be half-written; start afresh.
@@ -165,10 +203,143 @@ impl Prepare for ImagePreparer {
     }
 }
 
+/// `tensor`: any ONNX model. An item is one row of every input, as the request gave it
+/// (checked against the manifest by the protocol layer); its answer is every output.
+pub struct TensorTask {
+    model: Arc<Model>,
+}
+
+impl TensorTask {
+    pub fn new(model: Arc<Model>) -> TensorTask {
+        TensorTask { model }
+    }
+}
+
+impl Task for TensorTask {
+    fn name(&self) -> &'static str {
+        "tensor"
+    }
+
+    fn inputs(&self) -> &[InputDecl] {
+        &self.model.manifest.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.model.manifest.outputs
+    }
+
+    fn preparer(&self) -> Box<dyn Prepare> {
+        Box::new(TensorPreparer)
+    }
+}
+
+struct TensorPreparer;
+
+impl Prepare for TensorPreparer {
+    fn prepare(
+        &mut self,
+        input: ItemInput,
+        _times: &mut PrepareTimes,
+    ) -> Result<Vec<AnyTensor>, ItemError> {
+        match input {
+            ItemInput::Tensors(tensors) => Ok(tensors),
+            ItemInput::Image(_) | ItemInput::Tensor(_) => Err(ItemError::Input(
+                "a tensor model takes its inputs as tensors, not images".into(),
+            )),
+        }
+    }
+}
+
+/// The task a model's manifest names.
+pub fn for_model(model: Arc<Model>, limits: DecodeLimits) -> Arc<dyn Task> {
+    match ImageClassification::new(model.clone(), limits) {
+        Some(image) => Arc::new(image),
+        None => Arc::new(TensorTask::new(model)),
+    }
+}
+
+fn dtype_code(dtype: DType) -> u8 {
+    DType::ALL.iter().position(|&d| d == dtype).unwrap_or(0) as u8
+}
+
+/// Appends a self-describing form of `tensors` to `out`: count, then for each its type, rank,
+/// dimensions and little-endian elements. Used for cache keys of tensor inputs and for cache
+/// entries.
+pub fn write_tensors(tensors: &[AnyTensor], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(tensors.len() as u32).to_le_bytes());
+    for t in tensors {
+        out.push(dtype_code(t.dtype()));
+        out.push(t.shape().len() as u8);
+        for &d in t.shape() {
+            out.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        t.data().write_le_bytes(out);
+    }
+}
+
+/// A cache entry for an item's outputs.
+pub fn encode_outputs(outputs: &[AnyTensor]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_tensors(outputs, &mut out);
+    out
+}
+
+/// Reads a cache entry back; `None` for anything malformed (a corrupt entry is a miss).
+pub fn decode_outputs(bytes: &[u8]) -> Option<Outputs> {
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = bytes.get(at..at.checked_add(n)?)?;
+        at += n;
+        Some(s)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut tensors = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        let dtype = *DType::ALL.get(usize::from(take(1)?[0]))?;
+        let rank = usize::from(take(1)?[0]);
+        let mut shape = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            shape.push(usize::try_from(u64::from_le_bytes(take(8)?.try_into().ok()?)).ok()?);
+        }
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))?
+            .checked_mul(dtype.size())?;
+        let data = Buffer::from_le_bytes(dtype, take(n)?).ok()?;
+        tensors.push(AnyTensor::new(shape, data).ok()?);
+    }
+    if at != bytes.len() {
+        return None;
+    }
+    Some(tensors.into())
+}
+
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_round_trip_through_cache_entries() {
+        let outputs = vec![
+            AnyTensor::new(vec![3], Buffer::F32(vec![1.5, -0.0, f32::MAX])).unwrap(),
+            AnyTensor::new(vec![2, 1], Buffer::I64(vec![7, -9])).unwrap(),
+            AnyTensor::new(vec![0], Buffer::Bool(vec![])).unwrap(),
+        ];
+        let bytes = encode_outputs(&outputs);
+        assert_eq!(&*decode_outputs(&bytes).unwrap(), outputs.as_slice());
+        for cut in 0..bytes.len() {
+            assert!(decode_outputs(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_outputs(&longer).is_none());
+    }
 }

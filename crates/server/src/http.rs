@@ -20,6 +20,7 @@ use singlepoint_protocol::{form, oip};
 use crate::metrics::{self, load, render_model_histograms, render_model_values};
 use crate::service::{Answer, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket};
 use crate::AppState;
+use singlepoint_runtime::task::{self, Outputs};
 
 /// An error answered as `{"error": "..."}` with its status.
 #[derive(Debug)]
@@ -289,26 +290,50 @@ async fn model_metadata(
     Path(params): Path<HashMap<String, String>>,
 ) -> ApiResult {
     let service = find_model(&state, &params)?;
-    let input = service.input();
-    let output = service.output();
+    let manifest = &service.model().manifest;
+    let describe = |t: &singlepoint_core::TensorSpec| {
+        json!({
+            "name": t.name,
+            "datatype": oip::datatype(t.dtype),
+            "shape": oip::shape(&t.shape),
+        })
+    };
+    let (inputs, outputs): (Vec<Value>, Vec<Value>) = if manifest.image.is_some() {
+        let mut input = describe(service.input());
+        input["parameters"] =
+            json!({ "also_accepts": "BYTES [n] of encoded images (binary data)" });
+        (vec![input], vec![describe(service.output())])
+    } else {
+        let inputs = manifest
+            .inputs
+            .iter()
+            .map(|d| {
+                let mut v = describe(&d.spec);
+                let mut params = serde_json::Map::new();
+                if let Some(pad) = d.pad {
+                    params.insert("pad".into(), json!(pad));
+                }
+                if let Some(max) = d.max_length {
+                    params.insert("max_length".into(), json!(max));
+                }
+                if !params.is_empty() {
+                    v["parameters"] = Value::Object(params);
+                }
+                v
+            })
+            .collect();
+        (inputs, manifest.outputs.iter().map(describe).collect())
+    };
     Ok(Json(json!({
         "name": service.name(),
-        "versions": [service.model().manifest.version],
+        "versions": [manifest.version],
         "platform": match service.engine_kind().as_str() {
             "ort" => "onnxruntime_onnx",
             _ => "tract_onnx",
         },
-        "inputs": [{
-            "name": input.name,
-            "datatype": oip::datatype(input.dtype),
-            "shape": oip::shape(&input.shape),
-            "parameters": { "also_accepts": "BYTES [n] of encoded images (binary data)" },
-        }],
-        "outputs": [{
-            "name": output.name,
-            "datatype": oip::datatype(output.dtype),
-            "shape": oip::shape(&output.shape),
-        }],
+        "task": manifest.task.as_str(),
+        "inputs": inputs,
+        "outputs": outputs,
     }))
     .into_response())
 }
@@ -480,40 +505,59 @@ async fn infer_inner(
                 })?,
         ),
     };
-    let n_classes = service
-        .output()
-        .shape
-        .last()
-        .and_then(|d| d.fixed())
-        .unwrap_or(0);
-    let request = oip::parse_request(
-        &body,
-        header_len,
-        service.input(),
-        service.output(),
-        n_classes,
-    )
+    let manifest = &service.model().manifest;
+    let image = manifest.image.is_some();
+    let request = if image {
+        let n_classes = service
+            .output()
+            .shape
+            .last()
+            .and_then(|d| d.fixed())
+            .unwrap_or(0);
+        oip::parse_request(
+            &body,
+            header_len,
+            service.input(),
+            service.output(),
+            n_classes,
+        )
+    } else {
+        oip::parse_tensor_request(&body, header_len, &manifest.inputs, &manifest.outputs)
+    }
     .map_err(ApiError::bad_request)?;
     let outcomes = run_items(state, &service, request.items).await?;
     if let Some(failure) = request_failure(&outcomes) {
         return Err(failure.into());
     }
     let mut cache_hits = 0;
-    let rows: Vec<Arc<[f32]>> = outcomes
+    let answers: Vec<Outputs> = outcomes
         .into_iter()
         .flatten()
-        .map(|(row, source)| {
+        .map(|(outputs, source)| {
             cache_hits += usize::from(source == Source::Cache);
-            row
+            outputs
         })
         .collect();
-    let encoded = oip::encode_response(
-        service.model(),
-        request.id,
-        &rows,
-        &request.outputs,
-        cache_hits,
-    );
+    let encoded = if image {
+        let rows: Vec<&[f32]> = answers.iter().map(|a| task::row(a)).collect();
+        oip::encode_response(
+            service.model(),
+            request.id,
+            &rows,
+            &request.outputs,
+            cache_hits,
+        )
+    } else {
+        oip::encode_tensor_response(
+            service.model(),
+            request.id,
+            &answers,
+            &request.outputs,
+            &manifest.outputs,
+            cache_hits,
+        )
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
+    };
     let mut response = encoded.body.into_response();
     let h = response.headers_mut();
     match encoded.header_len {
@@ -618,8 +662,8 @@ async fn classify_inner(
         .into_iter()
         .zip(outcomes)
         .map(|(name, outcome)| match outcome {
-            Ok((row, source)) => {
-                let c = singlepoint_runtime::task::answer(model, &row, top_k);
+            Ok((outputs, source)) => {
+                let c = task::answer(model, task::row(&outputs), top_k);
                 // The same shape as `classify --format json`.
                 let top: Vec<Value> = c
                     .top
@@ -1057,13 +1101,17 @@ fn repository(state: &AppState) -> Result<&crate::Repository, ApiError> {
 /// The repository for a load or unload, refused unless model control is explicit.
 fn controlled(state: &AppState) -> Result<&crate::Repository, ApiError> {
     let repository = repository(state)?;
-    if repository.control != crate::ModelControl::Explicit {
-        return Err(ApiError::new(
+    match repository.control {
+        crate::ModelControl::Explicit => Ok(repository),
+        crate::ModelControl::None => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "model control is off: start the server with --model-control explicit to load and unload models",
-        ));
+        )),
+        crate::ModelControl::Poll(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the repository is polled (--model-control poll): change its folders and the server follows; start it with --model-control explicit to load and unload over HTTP",
+        )),
     }
-    Ok(repository)
 }
 
 /// A repository folder name: what a model name may be (no separators, no `..`).
@@ -1101,7 +1149,7 @@ async fn repository_index(State(state): State<Arc<AppState>>, body: Bytes) -> Ap
     if let Ok(entries) = std::fs::read_dir(&repository.dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.join("model.json").is_file() {
+            if singlepoint_model::is_model_dir(&path) {
                 if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
                     names.insert(name.to_string());
                 }
@@ -1129,48 +1177,25 @@ async fn repository_index(State(state): State<Arc<AppState>>, body: Bytes) -> Ap
 /// the service they started with, and new ones go to the new version, whose digest (version,
 /// ONNX bytes, preprocessing) keys its own cache entries.
 async fn load_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
-    let repository = controlled(&state)?;
+    controlled(&state)?;
     check_model_name(&name)?;
-    let dir = repository.dir.join(&name);
-    let loader = repository.loader.clone();
     let shared = state.clone();
     let wanted = name.clone();
-    let started = tokio::task::spawn_blocking(move || -> Result<Arc<ModelService>, String> {
-        if !dir.join("model.json").is_file() {
-            return Err(format!(
-                "the repository has no model folder `{}` with a model.json",
-                dir.display()
-            ));
-        }
-        let (model, engine) = loader(&dir)?;
-        if model.manifest.name != wanted {
-            return Err(format!(
-                "`{}` holds the model `{}`; a repository folder is named for its model",
-                dir.display(),
-                model.manifest.name
-            ));
-        }
-        shared
-            .config
-            .validate(std::slice::from_ref(&model))
-            .map_err(|e| e.to_string())?;
-        crate::start_service(&shared.config, shared.cache.clone(), model, engine)
-            .map(Arc::new)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("loading the model `{name}` crashed"),
-        )
-    })?;
+    let started =
+        tokio::task::spawn_blocking(move || crate::start_from_repository(&shared, &wanted))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("loading the model `{name}` crashed"),
+                )
+            })?;
     let service = started
         .map_err(|e| ApiError::bad_request(format!("cannot load the model `{name}`: {e}")))?;
     let version = service.model().manifest.version.clone();
     let digest = service.model().digest.short();
     if let Some(old) = state.models.insert(name.clone(), service) {
-        retire(old, state.config.shutdown_timeout);
+        crate::retire(old, state.config.shutdown_timeout);
     }
     tracing::info!(model = %name, %version, %digest, "model loaded");
     Ok(Json(json!({ "name": name, "version": version, "state": "READY" })).into_response())
@@ -1186,22 +1211,6 @@ async fn unload_model(State(state): State<Arc<AppState>>, Path(name): Path<Strin
             format!("the model `{name}` is not loaded"),
         )
     })?;
-    retire(old, state.config.shutdown_timeout);
+    crate::retire(old, state.config.shutdown_timeout);
     Ok(Json(json!({ "name": name, "state": "UNAVAILABLE" })).into_response())
-}
-
-/// Shuts a replaced or unloaded model down once no request holds it (or after `grace`).
-fn retire(old: Arc<ModelService>, grace: std::time::Duration) {
-    tokio::task::spawn_blocking(move || {
-        let until = Instant::now() + grace;
-        while Arc::strong_count(&old) > 1 && Instant::now() < until {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        old.shutdown();
-        tracing::info!(
-            model = %old.name(),
-            version = %old.model().manifest.version,
-            "model unloaded"
-        );
-    });
 }

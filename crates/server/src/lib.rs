@@ -16,7 +16,7 @@ pub mod metrics;
 
 pub use singlepoint_runtime::{adaptive, service};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,7 +27,6 @@ use singlepoint_backend::Engine;
 use singlepoint_cache::ResultCache;
 use singlepoint_model::Model;
 use singlepoint_runtime::cost::{Prices, RssSampler, Weights};
-use singlepoint_runtime::ImageClassification;
 
 pub use service::{BatchConfig, ModelService};
 
@@ -39,7 +38,7 @@ pub fn start_service(
     model: Arc<Model>,
     engine: Arc<dyn Engine>,
 ) -> Result<ModelService, singlepoint_backend::BackendError> {
-    let task = Arc::new(ImageClassification::new(model.clone(), config.batch.limits));
+    let task = singlepoint_runtime::task::for_model(model.clone(), config.batch.limits);
     ModelService::start(model, task, engine, cache, config.batch.clone())
 }
 
@@ -191,6 +190,157 @@ pub enum ModelControl {
     None,
     /// `POST /v2/repository/models/{name}/load` and `/unload`.
     Explicit,
+    /// The server rescans the repository at this interval: a new or changed model folder is
+    /// loaded (and replaces the version served once its requests finish), a removed one is
+    /// unloaded.
+    Poll(Duration),
+}
+
+/// Loads the repository's folder `name` and starts its single point (blocking: the model is
+/// read and compiled). Nothing served changes; the caller swaps it in.
+pub fn start_from_repository(state: &AppState, name: &str) -> Result<Arc<ModelService>, String> {
+    let repository = state
+        .repository
+        .get()
+        .ok_or_else(|| "this server has no model repository".to_string())?;
+    let dir = repository.dir.join(name);
+    if !singlepoint_model::is_model_dir(&dir) {
+        return Err(format!(
+            "the repository has no model folder `{}` with a model.json or an .onnx file",
+            dir.display()
+        ));
+    }
+    let (model, engine) = (repository.loader)(&dir)?;
+    if model.manifest.name != name {
+        return Err(format!(
+            "`{}` holds the model `{}`; a repository folder is named for its model",
+            dir.display(),
+            model.manifest.name
+        ));
+    }
+    state
+        .config
+        .validate(std::slice::from_ref(&model))
+        .map_err(|e| e.to_string())?;
+    start_service(&state.config, state.cache.clone(), model, engine)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Shuts a replaced or unloaded model down once no request holds it (or after `grace`).
+pub(crate) fn retire(old: Arc<ModelService>, grace: Duration) {
+    tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + grace;
+        while Arc::strong_count(&old) > 1 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        old.shutdown();
+        tracing::info!(
+            model = %old.name(),
+            version = %old.model().manifest.version,
+            "model unloaded"
+        );
+    });
+}
+
+/// What a model folder's files are now: names, sizes and modification times. A change means
+/// the folder may hold another model (its digest decides).
+fn fingerprint(dir: &std::path::Path) -> Vec<(String, u64, Option<std::time::SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            meta.is_file().then(|| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    meta.len(),
+                    meta.modified().ok(),
+                )
+            })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+type Fingerprints = HashMap<String, Vec<(String, u64, Option<std::time::SystemTime>)>>;
+
+/// The model folders in the repository now, with their fingerprints.
+fn scan(dir: &std::path::Path) -> Fingerprints {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let name = path.file_name()?.to_str()?.to_string();
+            singlepoint_model::is_model_dir(&path).then(|| (name, fingerprint(&path)))
+        })
+        .collect()
+}
+
+/// `--model-control poll`: every `interval`, loads the folders that appeared or changed (a
+/// new digest replaces the version served; the same digest is left alone), unloads those
+/// that disappeared. A folder that fails to load is logged and retried when it changes again;
+/// the version served meanwhile keeps serving.
+async fn poll_repository(state: Arc<AppState>, interval: Duration) {
+    let Some(dir) = state.repository.get().map(|r| r.dir.clone()) else {
+        return;
+    };
+    let first = dir.clone();
+    let mut seen = tokio::task::spawn_blocking(move || scan(&first))
+        .await
+        .unwrap_or_default();
+    loop {
+        tokio::time::sleep(interval).await;
+        if state.draining.load(Ordering::Relaxed) {
+            return;
+        }
+        let d = dir.clone();
+        let now = match tokio::task::spawn_blocking(move || scan(&d)).await {
+            Ok(now) => now,
+            Err(_) => continue,
+        };
+        for name in seen.keys() {
+            if !now.contains_key(name) {
+                if let Some(old) = state.models.remove(name) {
+                    tracing::info!(model = %name, "model folder removed from the repository");
+                    retire(old, state.config.shutdown_timeout);
+                }
+            }
+        }
+        for (name, print) in &now {
+            if seen.get(name) == Some(print) {
+                continue;
+            }
+            let (s, n) = (state.clone(), name.clone());
+            let started = tokio::task::spawn_blocking(move || start_from_repository(&s, &n)).await;
+            match started {
+                Ok(Ok(service)) => {
+                    let same = state
+                        .models
+                        .get(name)
+                        .is_some_and(|old| old.model().digest == service.model().digest);
+                    if same {
+                        let unused = service.clone();
+                        tokio::task::spawn_blocking(move || unused.shutdown());
+                        continue;
+                    }
+                    let version = service.model().manifest.version.clone();
+                    let digest = service.model().digest.short();
+                    if let Some(old) = state.models.insert(name.clone(), service) {
+                        retire(old, state.config.shutdown_timeout);
+                    }
+                    tracing::info!(model = %name, %version, %digest, "model loaded (repository poll)");
+                }
+                Ok(Err(e)) => tracing::warn!(model = %name, "cannot load the model: {e}"),
+                Err(_) => tracing::warn!(model = %name, "loading the model crashed"),
+            }
+        }
+        seen = now;
+    }
 }
 
 /// Reads a model folder and compiles it on the server's engine (the front-end decides how).
@@ -291,6 +441,9 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let state = self.state.clone();
+        if let Some(ModelControl::Poll(interval)) = state.repository.get().map(|r| r.control) {
+            tokio::spawn(poll_repository(state.clone(), interval));
+        }
         let app = http::router(state.clone());
         let (fired_tx, mut fired_rx) = tokio::sync::watch::channel(false);
         let signal_state = state.clone();

@@ -216,7 +216,7 @@ fn garbage_under_a_key_is_detected_and_treated_as_a_miss() {
     let bytes = photo("coffee.png");
     let key = CacheKey::new(
         &Model::bundled().digest,
-        b"output-row-f32le-v1;input=encoded-image",
+        b"outputs-v1;input=encoded-image",
         &bytes,
     );
     let name = format!("test:{{{}}}", key.to_hex());

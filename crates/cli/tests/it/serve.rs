@@ -207,7 +207,7 @@ pub fn photo(name: &str) -> Vec<u8> {
 
 /// The model's input for a photo, preprocessed as the server and `classify` do.
 fn tensor_of(model: &Model, bytes: &[u8]) -> Vec<f32> {
-    let pre = &model.manifest.preprocess;
+    let pre = &model.manifest.image.as_ref().unwrap().preprocess;
     let (image, _) = decode_rgb(
         bytes,
         &DecodeLimits::default(),
@@ -1433,4 +1433,77 @@ fn model_control_is_off_unless_asked_for() {
         "{}",
         text(&out.stderr)
     );
+}
+
+/// Polls `path` until `done` says so or 30 s pass; returns the last reply.
+fn wait_for(server: &Server, path: &str, done: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (status, body) = server.get_json(path);
+        if done(status, &body) || t0.elapsed() > Duration::from_secs(30) {
+            return (status, body);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `--model-control poll`: the server follows its repository. A folder that appears (here a
+/// bare ONNX file, served as a tensor model) is loaded, a changed one is replaced by its new
+/// version, a removed one is unloaded; the HTTP load API is refused, since the folders decide.
+#[test]
+fn a_polled_repository_is_followed_as_folders_appear_change_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    digits_repository(dir.path(), "1", "[255.0]");
+    let repo_dir = dir.path().display().to_string();
+    let server = Server::start(&[
+        "--model-repository",
+        &repo_dir,
+        "--model-control",
+        "poll",
+        "--repository-poll-interval",
+        "200ms",
+        "--instances",
+        "1",
+    ]);
+    let photo = std::fs::read(repo().join("photos/chelsea.png")).unwrap();
+    let v1 = ask_digits(&server, &photo);
+    assert_eq!((v1.status, v1.version.as_str()), (200, "1"));
+
+    let added = dir.path().join("token-pool");
+    std::fs::create_dir(&added).unwrap();
+    std::fs::copy(
+        repo().join("tests/models/token-pool/model.onnx"),
+        added.join("model.onnx"),
+    )
+    .unwrap();
+    let (status, meta) = wait_for(&server, "/v2/models/token-pool", |s, _| s == 200);
+    assert_eq!(
+        status,
+        200,
+        "the added folder was not loaded: {}",
+        server.log()
+    );
+    assert_eq!(meta["task"], "tensor");
+    assert_eq!(meta["inputs"][1]["name"], "attention_mask");
+
+    digits_repository(dir.path(), "2", "[128.0]");
+    let (_, meta) = wait_for(&server, "/v2/models/digits-cnn", |_, m| {
+        m["versions"][0] == "2"
+    });
+    assert_eq!(meta["versions"][0], "2", "{}", server.log());
+    let v2 = ask_digits(&server, &photo);
+    assert_eq!((v2.status, v2.version.as_str()), (200, "2"));
+    assert_ne!(
+        v2.source, "cache",
+        "version 2 answered from version 1's entry"
+    );
+    assert_ne!(v1.top, v2.top, "the new preprocessing changes the answer");
+
+    std::fs::remove_dir_all(&added).unwrap();
+    let (status, _) = wait_for(&server, "/v2/models/token-pool", |s, _| s == 404);
+    assert_eq!(status, 404, "the removed folder is still served");
+
+    let reply = server.send("POST", "/v2/repository/models/digits-cnn/load", &[], b"");
+    assert_eq!(reply.status, 403);
+    assert!(reply.error().contains("polled"), "{}", reply.error());
 }

@@ -2,6 +2,8 @@
 //! demo photos through both engines; bad inputs fail alone with a reason; results come back in
 //! input order; stopping early does not hang.
 
+mod tensor;
+
 use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
