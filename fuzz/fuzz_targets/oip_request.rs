@@ -53,10 +53,10 @@ fn tensor_model(body: &Bytes, header_len: Option<usize>) {
     };
     let inputs = [decl("input_ids", DType::Int64), decl("attention_mask", DType::Bool)];
     let outputs = [TensorSpec::new("pooled", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(4)])];
-    let Ok(request) = oip::parse_tensor_request(body, header_len, &inputs, &outputs) else {
+    let Ok(request) = oip::parse_tensor_request(body, header_len, &inputs, &outputs, 64) else {
         return;
     };
-    assert!(!request.items.is_empty());
+    assert!((1..=64).contains(&request.items.len()));
     for item in &request.items {
         let ItemInput::Tensors(tensors) = item else {
             panic!("a tensor model's item is not tensors");

@@ -235,12 +235,15 @@ pub fn parse_request(
 
 /// A tensor model's request, checked against its declared inputs: every input once, of its
 /// type and rank, fixed sizes as declared, dynamic sizes within `max_length`, axes that share a
-/// dimension name of one size, and one batch size across inputs. Items are the batch's rows.
+/// dimension name of one size, and one batch size across inputs. Items are the batch's rows;
+/// a request of more than `max_items` rows is refused before any row is split off (a body of
+/// one-byte rows would otherwise become millions of items).
 pub fn parse_tensor_request(
     body: &Bytes,
     header_len: Option<usize>,
     inputs: &[InputDecl],
     outputs: &[TensorSpec],
+    max_items: usize,
 ) -> Result<InferRequest, String> {
     let framed = frame(body, header_len)?;
     let expected: Vec<&str> = inputs.iter().map(|d| d.spec.name.as_str()).collect();
@@ -267,6 +270,11 @@ pub fn parse_tensor_request(
     }
     let given: Vec<AnyTensor> = given.into_iter().flatten().collect();
     let n = given[0].shape()[0];
+    if n > max_items {
+        return Err(format!(
+            "{n} rows in one request is more than the server admits at once ({max_items}, --max-queue)"
+        ));
+    }
     // Named axes: one size per name across the request's inputs.
     let mut named: Vec<(&str, &str, usize, usize)> = Vec::new();
     for (decl, t) in inputs.iter().zip(&given) {
@@ -1050,6 +1058,82 @@ mod tests {
             &[],
         );
         assert!(err.is_ok());
+    }
+
+    fn token_model() -> (Vec<InputDecl>, Vec<TensorSpec>) {
+        let decl = |name: &str| {
+            let mut spec = TensorSpec::new(name, DType::Int64, vec![Dim::Dynamic, Dim::Dynamic]);
+            spec.symbols[1] = Some("sequence".into());
+            InputDecl {
+                spec,
+                pad: Some(0.0),
+                max_length: Some(4),
+            }
+        };
+        let out =
+            |name: &str, dtype| TensorSpec::new(name, dtype, vec![Dim::Dynamic, Dim::Fixed(1)]);
+        (
+            vec![decl("ids"), decl("mask")],
+            vec![out("score", DType::Float32), out("n", DType::Int64)],
+        )
+    }
+
+    fn parse_tokens(json: &str) -> Result<InferRequest, String> {
+        let (i, o) = token_model();
+        parse_tensor_request(&Bytes::from(json.to_string()), None, &i, &o, 3)
+    }
+
+    #[test]
+    fn tensor_requests_split_into_rows_of_every_input() {
+        let r = parse_tokens(
+            r#"{"inputs":[{"name":"mask","shape":[2,2],"datatype":"INT64","data":[1,1,1,0]},{"name":"ids","shape":[2,2],"datatype":"INT64","data":[[5,6],[7,8]]}],"outputs":[{"name":"n"}]}"#,
+        )
+        .unwrap();
+        let ItemInput::Tensors(second) = &r.items[1] else {
+            panic!("not tensors");
+        };
+        // In the model's order (ids, mask), whatever the request's.
+        assert_eq!(second[0].data(), &Buffer::I64(vec![7, 8]));
+        assert_eq!(second[1].data(), &Buffer::I64(vec![1, 0]));
+        assert_eq!(r.outputs.len(), 1);
+        assert_eq!(r.outputs[0].name, "n");
+        let all = parse_tokens(
+            r#"{"inputs":[{"name":"ids","shape":[1,1],"datatype":"INT64","data":[1]},{"name":"mask","shape":[1,1],"datatype":"INT64","data":[1]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(all.outputs.len(), 2, "no `outputs`: every output");
+    }
+
+    #[test]
+    fn bad_tensor_requests_say_what_is_wrong() {
+        let ok_mask = r#"{"name":"mask","shape":[1,2],"datatype":"INT64","data":[1,1]}"#;
+        let with = |ids: &str| format!(r#"{{"inputs":[{ids},{ok_mask}]}}"#);
+        let cases: Vec<(String, &str)> = vec![
+            (with(r#"{"name":"ids","shape":[1,2],"datatype":"INT32","data":[1,2]}"#), "takes INT64, not INT32"),
+            (with(r#"{"name":"ids","shape":[2],"datatype":"INT64","data":[1,2]}"#), "has 1 dimensions"),
+            (with(r#"{"name":"ids","shape":[1,3],"datatype":"INT64","data":[1,2,3]}"#), "axes named `sequence`"),
+            (with(r#"{"name":"ids","shape":[1,5],"datatype":"INT64","data":[1,2,3,4,5]}"#), "max_length of 4"),
+            (with(r#"{"name":"ids","shape":[1,2],"datatype":"INT64","data":[1,2.5]}"#), "not an integer"),
+            (with(r#"{"name":"ids","shape":[2,2],"datatype":"INT64","data":[1,2,3,4]}"#), "rows"),
+            (with(r#"{"name":"ids","shape":[1,0],"datatype":"INT64","data":[]}"#), "empty"),
+            (with(r#"{"name":"x","shape":[1,2],"datatype":"INT64","data":[1,2]}"#), "unknown input `x`"),
+            (format!(r#"{{"inputs":[{ok_mask}]}}"#), "`ids` is missing"),
+            (format!(r#"{{"inputs":[{ok_mask},{ok_mask}]}}"#), "given twice"),
+            (
+                r#"{"inputs":[{"name":"ids","shape":[4,1],"datatype":"INT64","data":[1,2,3,4]},{"name":"mask","shape":[4,1],"datatype":"INT64","data":[1,1,1,1]}]}"#.into(),
+                "more than the server admits",
+            ),
+            (
+                format!(r#"{{"inputs":[{ok_mask},{}],"outputs":[{{"name":"logits"}}]}}"#, ok_mask.replace("mask", "ids")),
+                "unknown output `logits`",
+            ),
+        ];
+        for (json, expected) in &cases {
+            let err = parse_tokens(json)
+                .err()
+                .unwrap_or_else(|| panic!("{json} parsed"));
+            assert!(err.contains(expected), "{json}: {err}");
+        }
     }
 
     #[test]

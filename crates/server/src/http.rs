@@ -522,7 +522,13 @@ async fn infer_inner(
             n_classes,
         )
     } else {
-        oip::parse_tensor_request(&body, header_len, &manifest.inputs, &manifest.outputs)
+        oip::parse_tensor_request(
+            &body,
+            header_len,
+            &manifest.inputs,
+            &manifest.outputs,
+            service.config().max_queue,
+        )
     }
     .map_err(ApiError::bad_request)?;
     let outcomes = run_items(state, &service, request.items).await?;
