@@ -4,6 +4,7 @@
 
 mod cache_args;
 mod classify;
+mod detect;
 mod init;
 mod output;
 mod serve;
@@ -34,6 +35,9 @@ struct Cli {
 enum Command {
     /// Classify images: files, folders (recursive), glob patterns, or `-` for paths on stdin
     Classify(classify::ClassifyArgs),
+    /// Detect objects in images (the bundled YOLOv3-tiny, COCO's 80 classes, by default):
+    /// `Image 0: car 0.70 [466,71,680,170], ...`
+    Detect(detect::DetectArgs),
     /// Serve models over HTTP: Open Inference Protocol v2 (KServe/Triton REST) and
     /// POST /v1/models/{name}/classify for images; GET /openapi.json lists every endpoint
     Serve(serve::ServeArgs),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
+        Command::Detect(args) => detect::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Tune(args) => tune::run(args),
         Command::Init(args) => init::run(args),

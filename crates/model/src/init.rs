@@ -151,6 +151,11 @@ pub fn describe(file: &Path, bytes: &[u8], options: &Options) -> Result<String, 
                 Value::Array(sig.outputs.iter().map(|t| tensor(t, false)).collect()),
             ));
         }
+        Task::ObjectDetection => {
+            return Err(InitError::Invalid(
+                "init writes `tensor` and `image-classification` manifests; for an object detector write the `detection` section (output layout, thresholds) and its letterbox by hand, as models/yolov3-tiny/model.json does".into(),
+            ))
+        }
         Task::ImageClassification => {
             let image = image_fields(&shown, &sig, options)?;
             fields.push(("inputs", json!([tensor(&sig.inputs[0], false)])));

@@ -20,9 +20,11 @@ use std::sync::Arc;
 
 use singlepoint_core::{Dim, ModelDigest, TensorSpec};
 
-pub use decode::{decode_rgb, DecodeError, DecodeLimits, RgbImage};
+pub use decode::{decode_rgb, DecodeError, DecodeInfo, DecodeLimits, RgbImage};
 pub use labels::{classify_row, ClassScore, Classification, LabelGroups, Labels};
-pub use manifest::{Activation, ImageSpec, InputDecl, Manifest, Preprocess, Task};
+pub use manifest::{
+    Activation, DetectionLayout, DetectionSpec, ImageSpec, InputDecl, Manifest, Preprocess, Task,
+};
 pub use preprocess::{PreprocessError, Preprocessor};
 
 #[derive(Debug, thiserror::Error)]
@@ -273,6 +275,31 @@ impl Model {
         .expect("the bundled model is validated by the test suite")
     }
 
+    /// The bundled detector, YOLOv3-tiny (COCO-80, permissive: `models/yolov3-tiny/README.md`),
+    /// compiled into the binary so that `singlepoint detect` works from any directory.
+    pub fn bundled_detector() -> Model {
+        const MANIFEST: &str = include_str!("../../../models/yolov3-tiny/model.json");
+        const ONNX: &[u8] = include_bytes!("../../../models/yolov3-tiny/model.onnx");
+        const LABELS: &[u8] = include_bytes!("../../../models/yolov3-tiny/labels.txt");
+        let read = |rel: &str| -> Result<Vec<u8>, ModelError> {
+            match rel {
+                "model.onnx" => Ok(ONNX.to_vec()),
+                "labels.txt" => Ok(LABELS.to_vec()),
+                other => Err(ModelError::InvalidFile {
+                    file: PathBuf::from(other),
+                    reason: "is not part of the bundled detector".into(),
+                }),
+            }
+        };
+        Model::from_parts(
+            "bundled:yolov3-tiny".into(),
+            Path::new("bundled:yolov3-tiny/model.json"),
+            MANIFEST,
+            read,
+        )
+        .expect("the bundled detector is validated by the test suite")
+    }
+
     /// Checks the engine's view of the model's inputs and outputs against the manifest, so
     /// that a manifest that contradicts its ONNX file fails at load time with both named. An
     /// image model is checked on its one input and first output; a tensor model on all.
@@ -288,7 +315,8 @@ impl Model {
             declared: format!("{declared} tensor(s)"),
             actual: format!("{actual}"),
         };
-        let all = m.task == Task::Tensor;
+        // An image classifier may have outputs it does not read; other models answer with all.
+        let all = m.task != Task::ImageClassification;
         if inputs.len() != m.inputs.len() {
             return Err(count("inputs", m.inputs.len(), inputs.len()));
         }
@@ -403,6 +431,17 @@ fn model_digest(manifest: &Manifest, onnx: &[u8], labels: &str, groups: &str) ->
             p.layout,
             image.activation,
         );
+        if let Some(d) = &image.detection {
+            let _ = writeln!(
+                fields,
+                "detection={:?}:{}:{}:{}:{}",
+                d.layout,
+                d.score_threshold.to_bits(),
+                d.iou_threshold.to_bits(),
+                d.max_detections,
+                d.min_score.to_bits()
+            );
+        }
     }
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"singlepoint-model-identity-v1\0");

@@ -16,15 +16,17 @@ use crate::ModelError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Task {
     ImageClassification,
+    ObjectDetection,
     Tensor,
 }
 
 impl Task {
-    pub const NAMES: &'static str = "`image-classification` or `tensor`";
+    pub const NAMES: &'static str = "`image-classification`, `object-detection` or `tensor`";
 
     pub fn as_str(self) -> &'static str {
         match self {
             Task::ImageClassification => "image-classification",
+            Task::ObjectDetection => "object-detection",
             Task::Tensor => "tensor",
         }
     }
@@ -32,10 +34,40 @@ impl Task {
     pub fn parse(name: &str) -> Option<Task> {
         match name {
             "image-classification" => Some(Task::ImageClassification),
+            "object-detection" => Some(Task::ObjectDetection),
             "tensor" => Some(Task::Tensor),
             _ => None,
         }
     }
+}
+
+/// How a detector's outputs hold its candidate boxes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectionLayout {
+    /// Two outputs: `boxes` [batch, N, 4] (cx, cy, w, h in input pixels) and `scores`
+    /// [batch, N, classes] (each class's final score), as the bundled YOLOv3-tiny gives them.
+    BoxesScores,
+    /// One output [batch, 4 + classes, N]: rows cx, cy, w, h, then each class's score, as
+    /// YOLOv5/v8 exports give it.
+    Yolov8,
+}
+
+/// What an object-detection model's manifest adds: how its outputs are read and the default
+/// thresholds a request may override.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectionSpec {
+    pub layout: DetectionLayout,
+    /// Keep a candidate whose best class score is above this (requests may ask for another).
+    pub score_threshold: f32,
+    /// Per-class non-maximum suppression drops a box whose IoU with a kept box of its class is
+    /// above this.
+    pub iou_threshold: f32,
+    /// At most this many detections per image.
+    pub max_detections: usize,
+    /// The lowest score a request may ask for: the cache keeps every candidate above it, so
+    /// that any threshold from here up is answered from one entry.
+    pub min_score: f32,
 }
 
 /// A declared model input and how items of different lengths batch together.
@@ -85,6 +117,15 @@ pub enum ResizePolicy {
     /// Scale so the shorter side is `size`, keeping the aspect ratio (the longer side is
     /// `round(size × long / short)`, rounding half to even as Python does).
     ShorterSide { size: u32, filter: ResizeFilter },
+    /// Scale by `r = min(width / w, height / h)` to `round(w·r)` × `round(h·r)` (Python's
+    /// rounding) and centre it on a `width` × `height` canvas of grey `pad`, at offsets
+    /// `(width − nw) // 2`, `(height − nh) // 2`: the YOLO letterbox.
+    Letterbox {
+        width: u32,
+        height: u32,
+        filter: ResizeFilter,
+        pad: u8,
+    },
     /// Stretch to exactly `width` × `height`.
     Exact {
         width: u32,
@@ -96,7 +137,9 @@ pub enum ResizePolicy {
 impl ResizePolicy {
     pub fn filter(self) -> ResizeFilter {
         match self {
-            ResizePolicy::ShorterSide { filter, .. } | ResizePolicy::Exact { filter, .. } => filter,
+            ResizePolicy::ShorterSide { filter, .. }
+            | ResizePolicy::Exact { filter, .. }
+            | ResizePolicy::Letterbox { filter, .. } => filter,
         }
     }
 
@@ -104,6 +147,10 @@ impl ResizePolicy {
     pub fn target_size(self, width: u32, height: u32) -> (u32, u32) {
         match self {
             ResizePolicy::Exact { width, height, .. } => (width, height),
+            ResizePolicy::Letterbox { .. } => {
+                let g = self.letterbox(width, height).expect("a letterbox policy");
+                (g.width, g.height)
+            }
             ResizePolicy::ShorterSide { size, .. } => {
                 let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
                 let s = f64::from(size);
@@ -119,6 +166,41 @@ impl ResizePolicy {
                 }
             }
         }
+    }
+}
+
+/// Where a letterboxed image lands on the canvas: scale `r`, offsets, and its size there.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Letterbox {
+    pub r: f64,
+    pub dx: u32,
+    pub dy: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl ResizePolicy {
+    /// The letterbox of a `width` × `height` image, for a letterbox policy.
+    pub fn letterbox(self, width: u32, height: u32) -> Option<Letterbox> {
+        let ResizePolicy::Letterbox {
+            width: cw,
+            height: ch,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let (w, h) = (f64::from(width.max(1)), f64::from(height.max(1)));
+        let r = (f64::from(cw) / w).min(f64::from(ch) / h);
+        let nw = (round_half_even(w * r) as u32).clamp(1, cw);
+        let nh = (round_half_even(h * r) as u32).clamp(1, ch);
+        Some(Letterbox {
+            r,
+            dx: (cw - nw) / 2,
+            dy: (ch - nh) / 2,
+            width: nw,
+            height: nh,
+        })
     }
 }
 
@@ -179,7 +261,8 @@ impl Preprocess {
     pub fn output_size(&self) -> (u32, u32) {
         match (self.crop, self.resize) {
             (Some(crop), _) => (crop.height, crop.width),
-            (None, ResizePolicy::Exact { width, height, .. }) => (height, width),
+            (None, ResizePolicy::Exact { width, height, .. })
+            | (None, ResizePolicy::Letterbox { width, height, .. }) => (height, width),
             // Without a crop the size depends on the image: validation rejects this for models
             // with a fixed spatial input, which is all of them today.
             (None, ResizePolicy::ShorterSide { size, .. }) => (size, size),
@@ -212,6 +295,8 @@ pub enum Activation {
 pub struct ImageSpec {
     pub preprocess: Preprocess,
     pub activation: Activation,
+    /// Present exactly for object detection.
+    pub detection: Option<DetectionSpec>,
 }
 
 /// A validated `model.json`. File references are relative paths inside the model's folder.
@@ -244,6 +329,7 @@ struct RawManifest {
     outputs: Vec<RawTensor>,
     preprocess: Option<RawPreprocess>,
     postprocess: Option<RawPostprocess>,
+    detection: Option<RawDetection>,
     labels: Option<String>,
     label_groups: Option<String>,
     #[serde(default)]
@@ -297,7 +383,31 @@ struct RawResize {
     shorter_side: Option<u32>,
     /// `[height, width]`
     exact: Option<[u32; 2]>,
+    /// `[height, width]`
+    letterbox: Option<[u32; 2]>,
+    /// The letterbox's grey, 0..255 (required with `letterbox`).
+    pad: Option<u8>,
     filter: ResizeFilter,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDetection {
+    layout: DetectionLayout,
+    score_threshold: f32,
+    iou_threshold: f32,
+    #[serde(default = "default_max_detections")]
+    max_detections: usize,
+    #[serde(default = "default_min_score")]
+    min_score: f32,
+}
+
+fn default_max_detections() -> usize {
+    300
+}
+
+fn default_min_score() -> f32 {
+    0.05
 }
 
 #[derive(Deserialize)]
@@ -379,6 +489,7 @@ impl Manifest {
                 ("preprocess", raw.preprocess.is_some()),
                 ("postprocess", raw.postprocess.is_some()),
                 ("labels", raw.labels.is_some()),
+                ("detection", raw.detection.is_some()),
             ] {
                 if present {
                     return Err(invalid(
@@ -413,7 +524,24 @@ impl Manifest {
                 ));
             }
         }
+        let detection = match (task, raw.detection) {
+            (Task::ObjectDetection, Some(d)) => Some(check_detection(d, &outputs, &invalid)?),
+            (Task::ObjectDetection, None) => {
+                return Err(invalid(
+                    "detection",
+                    "is missing: how the outputs hold boxes (`layout`) and the thresholds".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(invalid(
+                    "detection",
+                    "belongs to object-detection models".into(),
+                ))
+            }
+            (_, None) => None,
+        };
         let (input, output) = match (inputs.as_slice(), outputs.as_slice()) {
+            ([i], [o, ..]) if detection.is_some() => (i.spec.clone(), o.spec.clone()),
             ([i], [o]) => (i.spec.clone(), o.spec.clone()),
             ([_], _) => {
                 return Err(invalid(
@@ -440,26 +568,50 @@ impl Manifest {
                 "is missing: an image task needs to know how images become its input".into(),
             )
         })?;
-        let resize = match (p.resize.shorter_side, p.resize.exact) {
-            (Some(size), None) => ResizePolicy::ShorterSide {
+        let resize = match (p.resize.shorter_side, p.resize.exact, p.resize.letterbox) {
+            (Some(size), None, None) => ResizePolicy::ShorterSide {
                 size,
                 filter: p.resize.filter,
             },
-            (None, Some([height, width])) => ResizePolicy::Exact {
+            (None, Some([height, width]), None) => ResizePolicy::Exact {
                 width,
                 height,
                 filter: p.resize.filter,
             },
+            (None, None, Some([height, width])) => ResizePolicy::Letterbox {
+                width,
+                height,
+                filter: p.resize.filter,
+                pad: p.resize.pad.ok_or_else(|| {
+                    invalid(
+                        "preprocess.resize.pad",
+                        "is missing: the letterbox's grey (0..255; YOLO uses 114 or 128)".into(),
+                    )
+                })?,
+            },
             _ => {
                 return Err(invalid(
                     "preprocess.resize",
-                    "needs exactly one of `shorter_side` or `exact`".into(),
+                    "needs exactly one of `shorter_side`, `exact` or `letterbox`".into(),
                 ))
             }
         };
+        if p.resize.pad.is_some() && !matches!(resize, ResizePolicy::Letterbox { .. }) {
+            return Err(invalid(
+                "preprocess.resize.pad",
+                "belongs to `letterbox`".into(),
+            ));
+        }
+        if detection.is_some() && matches!(resize, ResizePolicy::ShorterSide { .. }) {
+            return Err(invalid(
+                "preprocess.resize",
+                "an object detector's boxes map back to the image through `letterbox` or `exact`; a crop would lose what lies outside it".into(),
+            ));
+        }
         let sides = match resize {
             ResizePolicy::ShorterSide { size, .. } => vec![size],
-            ResizePolicy::Exact { width, height, .. } => vec![width, height],
+            ResizePolicy::Exact { width, height, .. }
+            | ResizePolicy::Letterbox { width, height, .. } => vec![width, height],
         };
         if sides.iter().any(|&s| s == 0 || s > MAX_SIDE) {
             return Err(invalid(
@@ -503,6 +655,7 @@ impl Manifest {
             let fits = match resize {
                 ResizePolicy::ShorterSide { size, .. } => ch <= size && cw <= size,
                 ResizePolicy::Exact { width, height, .. } => ch <= height && cw <= width,
+                ResizePolicy::Letterbox { .. } => false,
             };
             if !fits {
                 return Err(invalid(
@@ -561,7 +714,7 @@ impl Manifest {
                 ),
             ));
         }
-        if output.shape.len() != 2 {
+        if output.shape.len() != 2 && detection.is_none() {
             return Err(invalid(
                 "outputs[0].shape",
                 format!("expected [batch, classes], found {}", output.shape_string()),
@@ -584,12 +737,18 @@ impl Manifest {
                 pad: None,
                 max_length: None,
             }],
-            outputs: vec![output],
+            outputs: if detection.is_some() {
+                outputs.into_iter().map(|d| d.spec).collect()
+            } else {
+                vec![output]
+            },
             image: Some(ImageSpec {
                 preprocess,
-                activation: raw
-                    .postprocess
-                    .map_or(Activation::Softmax, |p| p.activation),
+                activation: match (&detection, raw.postprocess) {
+                    (Some(_), _) => Activation::None,
+                    (None, p) => p.map_or(Activation::Softmax, |p| p.activation),
+                },
+                detection,
             }),
             labels: raw.labels,
             label_groups: raw.label_groups,
@@ -608,8 +767,12 @@ impl Manifest {
 
     /// Number of classes, when the manifest fixes it (image tasks).
     pub fn classes(&self) -> Option<usize> {
-        self.image.as_ref()?;
-        self.output().shape.get(1).and_then(|d| d.fixed())
+        let image = self.image.as_ref()?;
+        match image.detection.map(|d| d.layout) {
+            None => self.output().shape.get(1).and_then(|d| d.fixed()),
+            Some(DetectionLayout::BoxesScores) => self.outputs.get(1)?.shape.get(2)?.fixed(),
+            Some(DetectionLayout::Yolov8) => self.output().shape.get(1)?.fixed()?.checked_sub(4),
+        }
     }
 
     /// The largest batch the model's inputs admit (`None`: any).
@@ -619,6 +782,68 @@ impl Manifest {
             .filter_map(|i| i.spec.shape.first().and_then(|d| d.fixed()))
             .min()
     }
+}
+
+/// Checks a detector's thresholds and that its outputs have the layout's shapes.
+fn check_detection(
+    d: RawDetection,
+    outputs: &[InputDecl],
+    invalid: &dyn Fn(&str, String) -> ModelError,
+) -> Result<DetectionSpec, ModelError> {
+    for (field, v) in [
+        ("detection.score_threshold", d.score_threshold),
+        ("detection.iou_threshold", d.iou_threshold),
+        ("detection.min_score", d.min_score),
+    ] {
+        if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+            return Err(invalid(field, format!("{v} is not between 0 and 1")));
+        }
+    }
+    if d.min_score > d.score_threshold {
+        return Err(invalid(
+            "detection.min_score",
+            format!(
+                "{} is above the default score_threshold {}",
+                d.min_score, d.score_threshold
+            ),
+        ));
+    }
+    if d.max_detections == 0 {
+        return Err(invalid(
+            "detection.max_detections",
+            "must be at least 1".into(),
+        ));
+    }
+    let ranks: Vec<usize> = outputs.iter().map(|o| o.spec.shape.len()).collect();
+    let fits = match d.layout {
+        DetectionLayout::BoxesScores => {
+            ranks == [3, 3] && outputs[0].spec.shape[2] == Dim::Fixed(4)
+        }
+        DetectionLayout::Yolov8 => ranks == [3],
+    };
+    if !fits {
+        let shapes: Vec<String> = outputs.iter().map(|o| o.spec.shape_string()).collect();
+        return Err(invalid(
+            "outputs",
+            match d.layout {
+                DetectionLayout::BoxesScores => format!(
+                    "layout `boxes-scores` needs boxes [batch, N, 4] and scores [batch, N, classes]; found {}",
+                    shapes.join(", ")
+                ),
+                DetectionLayout::Yolov8 => format!(
+                    "layout `yolov8` needs one output [batch, 4 + classes, N]; found {}",
+                    shapes.join(", ")
+                ),
+            },
+        ));
+    }
+    Ok(DetectionSpec {
+        layout: d.layout,
+        score_threshold: d.score_threshold,
+        iou_threshold: d.iou_threshold,
+        max_detections: d.max_detections,
+        min_score: d.min_score,
+    })
 }
 
 /// Reads and checks `inputs` or `outputs`: names present and distinct, sizes positive, a batch

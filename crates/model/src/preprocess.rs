@@ -40,6 +40,8 @@ pub struct Preprocessor {
     lut: Vec<[f32; 256]>,
     resized: Vec<u8>,
     gray: Vec<u8>,
+    /// The letterbox's scaled image before it is placed on the canvas.
+    scaled: Vec<u8>,
 }
 
 impl Preprocessor {
@@ -59,6 +61,7 @@ impl Preprocessor {
             lut,
             resized: Vec::new(),
             gray: Vec::new(),
+            scaled: Vec::new(),
         }
     }
 
@@ -97,6 +100,18 @@ impl Preprocessor {
             ColorOrder::Rgb | ColorOrder::Bgr => (&image.pixels[..rgb_len], PixelType::U8x3, 3),
         };
         let (out_h, out_w) = self.config.output_size();
+        if let Some(lb) = self.config.resize.letterbox(image.width, image.height) {
+            // The source may borrow the grey buffer: hand it over, and take it back after.
+            let owned = std::mem::take(&mut self.gray);
+            let source = if self.config.color == ColorOrder::Gray {
+                &owned[..]
+            } else {
+                &image.pixels[..rgb_len]
+            };
+            let done = self.letterbox(image, source, pixel_type, channels, lb, out);
+            self.gray = owned;
+            return done;
+        }
         let crop = source_crop(
             self.config.resize,
             self.config.crop,
@@ -116,6 +131,14 @@ impl Preprocessor {
         self.resizer
             .resize(&src, &mut dst, &options)
             .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        self.normalise_resized(channels, out);
+        Ok(())
+    }
+}
+
+impl Preprocessor {
+    /// `self.resized` (the model's input size, as bytes) → normalised values in `out`.
+    fn normalise_resized(&self, channels: usize, out: &mut [f32]) {
         normalise(
             &self.resized,
             channels,
@@ -124,6 +147,50 @@ impl Preprocessor {
             &self.lut,
             out,
         );
+    }
+
+    /// The letterbox: the whole image resized to `lb`'s size, centred on a canvas of the
+    /// policy's grey, then normalised.
+    fn letterbox(
+        &mut self,
+        image: &RgbImage,
+        source: &[u8],
+        pixel_type: PixelType,
+        channels: usize,
+        lb: crate::manifest::Letterbox,
+        out: &mut [f32],
+    ) -> Result<(), PreprocessError> {
+        let ResizePolicy::Letterbox {
+            width: cw,
+            height: ch,
+            filter,
+            pad,
+        } = self.config.resize
+        else {
+            unreachable!("letterbox() is called for letterbox policies");
+        };
+        let src = ImageRef::new(image.width, image.height, source, pixel_type)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let row = lb.width as usize * channels;
+        let mut scaled = std::mem::take(&mut self.scaled);
+        scaled.clear();
+        scaled.resize(row * lb.height as usize, 0);
+        let mut dst = Image::from_slice_u8(lb.width, lb.height, &mut scaled, pixel_type)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        let options = ResizeOptions::new().resize_alg(resize_alg(filter));
+        self.resizer
+            .resize(&src, &mut dst, &options)
+            .map_err(|e| PreprocessError::Resize(e.to_string()))?;
+        self.resized.clear();
+        self.resized
+            .resize(cw as usize * ch as usize * channels, pad);
+        let canvas_row = cw as usize * channels;
+        for (y, line) in scaled.chunks_exact(row).enumerate() {
+            let at = (y + lb.dy as usize) * canvas_row + lb.dx as usize * channels;
+            self.resized[at..at + row].copy_from_slice(line);
+        }
+        self.scaled = scaled;
+        self.normalise_resized(channels, out);
         Ok(())
     }
 }
@@ -224,7 +291,8 @@ impl Preprocess {
     pub fn min_source_short_side(&self) -> u32 {
         match self.resize {
             ResizePolicy::ShorterSide { size, .. } => size,
-            ResizePolicy::Exact { width, height, .. } => width.max(height),
+            ResizePolicy::Exact { width, height, .. }
+            | ResizePolicy::Letterbox { width, height, .. } => width.max(height),
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod adaptive;
 pub mod cost;
 pub mod cputime;
+pub mod detect;
 pub mod engine;
 pub mod inputs;
 pub mod metrics;

@@ -31,10 +31,11 @@ use singlepoint_cache::ResultCache;
 use singlepoint_model::{Classification, DecodeLimits, Model};
 
 use crate::cputime::thread_cpu_time;
+use crate::detect::{DetectOptions, Detection};
 use crate::inputs::InputEntry;
 use crate::metrics::StageCpu;
 use crate::service::{BatchConfig, ItemError, ItemInput, ModelService, Source, Ticket};
-use crate::task::{self, ImageClassification};
+use crate::task::{self, ImageClassification, ObjectDetection, Task};
 use crate::RuntimeError;
 
 /// How the pipeline runs. Validated by [`PipelineConfig::validate`] before use.
@@ -101,11 +102,11 @@ impl PipelineConfig {
 
 /// The outcome for one input, in input order.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ItemResult {
+pub struct ItemResult<T = Classification> {
     /// Position in the input stream, from 0.
     pub idx: usize,
     pub path: PathBuf,
-    pub outcome: Result<Classification, ItemError>,
+    pub outcome: Result<T, ItemError>,
     /// Where the answer came from.
     pub source: AnswerSource,
 }
@@ -214,21 +215,74 @@ impl Classifier {
     pub fn run(
         &self,
         inputs: impl Iterator<Item = InputEntry> + Send,
-        mut on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
+        on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        let task = ImageClassification::new(self.model.clone(), self.config.limits)
+            .ok_or_else(|| self.wrong_task("classify runs image-classification models"))?;
+        let top_k = self.config.top_k;
+        let model = self.model.clone();
+        self.run_task(
+            Arc::new(task),
+            inputs,
+            move |outputs| Ok(task::answer(&model, task::row(outputs), top_k)),
+            on_result,
+        )
+    }
+
+    /// Detects objects in every entry of `inputs` with `options`, as [`Classifier::run`]
+    /// classifies them.
+    pub fn detect(
+        &self,
+        inputs: impl Iterator<Item = InputEntry> + Send,
+        options: DetectOptions,
+        on_result: impl FnMut(ItemResult<Vec<Detection>>) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        let task = ObjectDetection::new(self.model.clone(), self.config.limits)
+            .ok_or_else(|| self.wrong_task("detect runs object-detection models"))?;
+        let spec = self
+            .model
+            .manifest
+            .image
+            .as_ref()
+            .and_then(|i| i.detection)
+            .expect("a detector has a detection spec");
+        options
+            .validate(&spec)
+            .map_err(|reason| RuntimeError::Config {
+                field: "score/iou".into(),
+                reason,
+            })?;
+        let model = self.model.clone();
+        self.run_task(
+            Arc::new(task),
+            inputs,
+            move |outputs| Ok(crate::detect::detections(&model, outputs, &options)),
+            on_result,
+        )
+    }
+
+    fn wrong_task(&self, what: &str) -> RuntimeError {
+        RuntimeError::Config {
+            field: "model".into(),
+            reason: format!(
+                "`{}` is a `{}` model; {what}",
+                self.model.manifest.name,
+                self.model.manifest.task.as_str()
+            ),
+        }
+    }
+
+    /// The run behind [`Classifier::run`] and [`Classifier::detect`]: `task` on the core,
+    /// each item's outputs turned into its answer by `answer`, in input order.
+    fn run_task<T>(
+        &self,
+        task: Arc<dyn Task>,
+        inputs: impl Iterator<Item = InputEntry> + Send,
+        to_answer: impl Fn(&[singlepoint_core::AnyTensor]) -> Result<T, ItemError>,
+        mut on_result: impl FnMut(ItemResult<T>) -> ControlFlow<()>,
     ) -> Result<RunStats, RuntimeError> {
         let c = &self.config;
         let window = c.instances * c.batch_size * c.batches_in_flight_per_instance;
-        let task = ImageClassification::new(self.model.clone(), c.limits).ok_or_else(|| {
-            RuntimeError::Config {
-                field: "model".into(),
-                reason: format!(
-                    "`{}` is a `{}` model; classify runs image-classification models (serve it and send tensors over the inference protocol)",
-                    self.model.manifest.name,
-                    self.model.manifest.task.as_str()
-                ),
-            }
-        })?;
-        let task = Arc::new(task);
         let service = ModelService::start(
             self.model.clone(),
             task,
@@ -284,11 +338,7 @@ impl Classifier {
                 let t0 = thread_cpu_time();
                 let (outcome, source) = match answer {
                     Ok((outputs, source)) => (
-                        Ok(task::answer(
-                            &self.model,
-                            task::row(&outputs),
-                            self.config.top_k,
-                        )),
+                        to_answer(&outputs),
                         match source {
                             Source::Computed => AnswerSource::Computed,
                             Source::Cache => AnswerSource::Cache,

@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 use crate::adaptive::Adaptive;
 use crate::cputime::thread_cpu_time;
 use crate::metrics::{ModelMetrics, StageCpu};
-use crate::task::{decode_outputs, encode_outputs, Outputs, Prepare, PrepareTimes, Task};
+use crate::task::{decode_outputs, encode_outputs, Outputs, Prepare, PrepareTimes, Prepared, Task};
 
 pub use singlepoint_protocol::ItemInput;
 
@@ -202,8 +202,8 @@ struct Job {
 enum Work {
     /// Still to be prepared by the task.
     Raw(ItemInput),
-    /// One item of the model's inputs.
-    Ready(Vec<AnyTensor>),
+    /// One item of the model's inputs, with what its preparation noted.
+    Ready(Prepared),
 }
 
 type Waiters = Mutex<HashMap<CacheKey, Vec<oneshot::Sender<Outcome>>>>;
@@ -528,7 +528,8 @@ fn prepare_job(shared: &Shared, preparer: &mut Box<dyn Prepare>, job: &mut Job) 
     if matches!(job.work, Work::Ready(_)) {
         return true;
     }
-    let Work::Raw(input) = std::mem::replace(&mut job.work, Work::Ready(Vec::new())) else {
+    let Work::Raw(input) = std::mem::replace(&mut job.work, Work::Ready(Prepared::default()))
+    else {
         return true;
     };
     let started = Instant::now();
@@ -671,7 +672,14 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
         let items: Vec<&[AnyTensor]> = batch
             .iter()
             .map(|j| match &j.work {
-                Work::Ready(v) => v.as_slice(),
+                Work::Ready(p) => p.inputs.as_slice(),
+                Work::Raw(_) => &[],
+            })
+            .collect();
+        let contexts: Vec<&[AnyTensor]> = batch
+            .iter()
+            .map(|j| match &j.work {
+                Work::Ready(p) => p.context.as_slice(),
                 Work::Raw(_) => &[],
             })
             .collect();
@@ -679,7 +687,12 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
         for group in stackable_groups(&items, shared.task.inputs()) {
             let results = run_group(shared, session.as_mut(), &items, &group);
             for (&i, outcome) in group.iter().zip(results) {
-                outcomes[i] = Some(outcome);
+                outcomes[i] = Some(outcome.and_then(|outputs| {
+                    shared
+                        .task
+                        .finish(outputs.to_vec(), contexts[i])
+                        .map(Outputs::from)
+                }));
             }
         }
         let outcomes: Vec<Outcome> = outcomes
@@ -879,7 +892,7 @@ mod tests {
             admitted: queued,
             queued,
             deadline: queued + Duration::from_secs(10),
-            work: Work::Ready(Vec::new()),
+            work: Work::Ready(Prepared::default()),
         }
     }
 

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use singlepoint_core::{AnyTensor, Buffer, DType, TensorSpec};
 use singlepoint_model::{
-    classify_row, decode_rgb, Classification, DecodeLimits, ImageSpec, InputDecl, Model,
-    Preprocessor,
+    classify_row, decode_rgb, Classification, DecodeLimits, DetectionSpec, ImageSpec, InputDecl,
+    Model, Preprocessor,
 };
 use singlepoint_protocol::ItemInput;
 
@@ -50,6 +50,34 @@ pub trait Task: Send + Sync {
     fn outputs(&self) -> &[TensorSpec];
     /// A preparer for one preprocessing thread (it may keep scratch buffers).
     fn preparer(&self) -> Box<dyn Prepare>;
+
+    /// What the cache keeps of one item's model outputs, given what its preparation noted
+    /// (`context`): the outputs as they are, or a task's reduction of them (a detector keeps
+    /// its candidate boxes in source pixels).
+    fn finish(
+        &self,
+        outputs: Vec<AnyTensor>,
+        _context: &[AnyTensor],
+    ) -> Result<Vec<AnyTensor>, ItemError> {
+        Ok(outputs)
+    }
+}
+
+/// One prepared item: the model's inputs, and what the task noted for [`Task::finish`] (an
+/// image's size, for a detector).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prepared {
+    pub inputs: Vec<AnyTensor>,
+    pub context: Vec<AnyTensor>,
+}
+
+impl From<Vec<AnyTensor>> for Prepared {
+    fn from(inputs: Vec<AnyTensor>) -> Prepared {
+        Prepared {
+            inputs,
+            context: Vec::new(),
+        }
+    }
 }
 
 /// One thread's way of turning inputs into model input.
@@ -60,7 +88,7 @@ pub trait Prepare: Send {
         &mut self,
         input: ItemInput,
         times: &mut PrepareTimes,
-    ) -> Result<Vec<AnyTensor>, ItemError>;
+    ) -> Result<Prepared, ItemError>;
 }
 
 /// CPU time a [`Prepare`] spent, by stage.
@@ -84,9 +112,12 @@ pub struct ImageClassification {
 }
 
 impl ImageClassification {
-    /// `None` when the model is not an image model.
+    /// `None` when the model is not an image classifier.
     pub fn new(model: Arc<Model>, limits: DecodeLimits) -> Option<ImageClassification> {
         let image = model.manifest.image.clone()?;
+        if image.detection.is_some() {
+            return None;
+        }
         Some(ImageClassification {
             model,
             image,
@@ -131,18 +162,25 @@ impl Task for ImageClassification {
     }
 
     fn preparer(&self) -> Box<dyn Prepare> {
-        Box::new(ImagePreparer {
-            preprocessor: Preprocessor::new(&self.image.preprocess),
-            image: self.image.clone(),
-            limits: self.limits,
-        })
+        Box::new(ImagePreparer::new(&self.image, self.limits))
     }
 }
 
+/// Decodes and preprocesses images; notes each one's size as `[width, height]` (int64).
 struct ImagePreparer {
     image: ImageSpec,
     limits: DecodeLimits,
     preprocessor: Preprocessor,
+}
+
+impl ImagePreparer {
+    fn new(image: &ImageSpec, limits: DecodeLimits) -> ImagePreparer {
+        ImagePreparer {
+            preprocessor: Preprocessor::new(&image.preprocess),
+            image: image.clone(),
+            limits,
+        }
+    }
 }
 
 impl Prepare for ImagePreparer {
@@ -150,7 +188,7 @@ impl Prepare for ImagePreparer {
         &mut self,
         input: ItemInput,
         times: &mut PrepareTimes,
-    ) -> Result<Vec<AnyTensor>, ItemError> {
+    ) -> Result<Prepared, ItemError> {
         let preprocess = &self.image.preprocess;
         let shape = preprocess.item_shape().to_vec();
         let len: usize = shape.iter().product();
@@ -167,7 +205,7 @@ impl Prepare for ImagePreparer {
                         row.len(),
                     )));
                 }
-                return Ok(vec![tensor(row)?]);
+                return Ok(vec![tensor(row)?].into());
             }
             ItemInput::Tensors(_) => {
                 return Err(ItemError::Input(
@@ -186,13 +224,22 @@ impl Prepare for ImagePreparer {
         }));
         let t1 = thread_cpu_time();
         times.decode += t1.saturating_sub(t0);
-        let (image, _) =
+        let (image, info) =
             decoded.map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))??;
+        let (width, height) = full_size(&image, &info);
         let prepared =
             std::panic::catch_unwind(AssertUnwindSafe(|| self.preprocessor.run(&image, &mut out)));
         times.preprocess += thread_cpu_time().saturating_sub(t1);
+        let size = AnyTensor::new(
+            vec![2],
+            Buffer::I64(vec![i64::from(width), i64::from(height)]),
+        )
+        .map_err(|e| ItemError::Input(e.to_string()))?;
         match prepared {
-            Ok(Ok(())) => Ok(vec![tensor(out)?]),
+            Ok(Ok(())) => Ok(Prepared {
+                inputs: vec![tensor(out)?],
+                context: vec![size],
+            }),
             Ok(Err(e)) => Err(ItemError::Preprocess(e.to_string())),
             Err(panic) => {
                 // Its buffers may be half-written; start afresh.
@@ -200,6 +247,24 @@ impl Prepare for ImagePreparer {
                 Err(ItemError::DecoderPanic(panic_message(&panic)))
             }
         }
+    }
+}
+
+/// The upright image's size at full resolution: a JPEG decoded at 1/k scale in the DCT domain
+/// is k times larger on each side, and EXIF rotation may have swapped the stored sides.
+fn full_size(
+    image: &singlepoint_model::RgbImage,
+    info: &singlepoint_model::DecodeInfo,
+) -> (u32, u32) {
+    let k = info.dct_scale.max(1);
+    if k == 1 {
+        return (image.width, image.height);
+    }
+    let (sw, sh) = info.source_size;
+    if sw.div_ceil(k) == image.width && sh.div_ceil(k) == image.height {
+        (sw, sh)
+    } else {
+        (sh, sw)
     }
 }
 
@@ -240,9 +305,9 @@ impl Prepare for TensorPreparer {
         &mut self,
         input: ItemInput,
         _times: &mut PrepareTimes,
-    ) -> Result<Vec<AnyTensor>, ItemError> {
+    ) -> Result<Prepared, ItemError> {
         match input {
-            ItemInput::Tensors(tensors) => Ok(tensors),
+            ItemInput::Tensors(tensors) => Ok(tensors.into()),
             ItemInput::Image(_) | ItemInput::Tensor(_) => Err(ItemError::Input(
                 "a tensor model takes its inputs as tensors, not images".into(),
             )),
@@ -250,8 +315,82 @@ impl Prepare for TensorPreparer {
     }
 }
 
+/// `object-detection`: images letterboxed (or stretched) as the manifest says; the cache keeps
+/// each image's candidate boxes in its own pixels ([`crate::detect`]), from which every
+/// request's thresholds, class filter and cap are answered.
+pub struct ObjectDetection {
+    model: Arc<Model>,
+    image: ImageSpec,
+    spec: DetectionSpec,
+    limits: DecodeLimits,
+}
+
+impl ObjectDetection {
+    /// `None` when the model is not a detector.
+    pub fn new(model: Arc<Model>, limits: DecodeLimits) -> Option<ObjectDetection> {
+        let image = model.manifest.image.clone()?;
+        let spec = image.detection?;
+        Some(ObjectDetection {
+            model,
+            image,
+            spec,
+            limits,
+        })
+    }
+}
+
+impl Task for ObjectDetection {
+    fn name(&self) -> &'static str {
+        "object-detection"
+    }
+
+    fn inputs(&self) -> &[InputDecl] {
+        &self.model.manifest.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.model.manifest.outputs
+    }
+
+    fn preparer(&self) -> Box<dyn Prepare> {
+        Box::new(ImagePreparer::new(&self.image, self.limits))
+    }
+
+    fn finish(
+        &self,
+        outputs: Vec<AnyTensor>,
+        context: &[AnyTensor],
+    ) -> Result<Vec<AnyTensor>, ItemError> {
+        let resize = self.image.preprocess.resize;
+        let geometry = match context.first().map(AnyTensor::data) {
+            Some(Buffer::I64(size)) if size.len() == 2 => {
+                crate::detect::Geometry::of(resize, size[0] as u32, size[1] as u32)
+            }
+            // A preprocessed tensor has no source image: boxes stay in input pixels.
+            _ => {
+                let (h, w) = self.image.preprocess.output_size();
+                crate::detect::Geometry::of(
+                    singlepoint_model::manifest::ResizePolicy::Exact {
+                        width: w,
+                        height: h,
+                        filter: resize.filter(),
+                    },
+                    w,
+                    h,
+                )
+            }
+        };
+        crate::detect::candidates(&self.spec, &outputs, geometry)
+            .map(|c| vec![c])
+            .map_err(ItemError::Inference)
+    }
+}
+
 /// The task a model's manifest names.
 pub fn for_model(model: Arc<Model>, limits: DecodeLimits) -> Arc<dyn Task> {
+    if let Some(detector) = ObjectDetection::new(model.clone(), limits) {
+        return Arc::new(detector);
+    }
     match ImageClassification::new(model.clone(), limits) {
         Some(image) => Arc::new(image),
         None => Arc::new(TensorTask::new(model)),

@@ -2,6 +2,7 @@
 //! demo photos through both engines; bad inputs fail alone with a reason; results come back in
 //! input order; stopping early does not hang.
 
+mod detect;
 mod tensor;
 
 use std::io::Cursor;

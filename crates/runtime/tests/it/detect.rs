@@ -1,0 +1,144 @@
+//! The bundled detector against its reference (tests/data/detection/expected_detections.json:
+//! onnxruntime-Python with PIL's letterbox on 52 stills and video frames): every reference
+//! detection scoring at least 0.3 is found with its class at IoU ≥ 0.9, and every detection we
+//! find scoring at least 0.3 is one of the reference's (but for at most two anchors that swap
+//! places across the 0.3 line, explained below).
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use serde_json::Value;
+use singlepoint_backend::{BackendKind, EngineOptions};
+use singlepoint_model::Model;
+use singlepoint_runtime::detect::{DetectOptions, Detection};
+use singlepoint_runtime::{load_engine, BackendChoice, Classifier, Inputs, PipelineConfig};
+
+use super::repo;
+
+fn iou(a: &[f64; 4], b: &[f64; 4]) -> f64 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let area = |r: &[f64; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    iw * ih / (area(a) + area(b) - iw * ih)
+}
+
+#[test]
+fn the_bundled_detector_reproduces_its_reference_detections() {
+    let dir = repo().join("tests/data/detection");
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("expected_detections.json")).unwrap(),
+    )
+    .unwrap();
+    let images = reference["images"].as_array().unwrap();
+    let model = Arc::new(Model::load(&repo().join("models/yolov3-tiny")).unwrap());
+    assert_eq!(model.digest, Model::bundled_detector().digest);
+    let engine = load_engine(
+        &model,
+        BackendChoice::Only(BackendKind::Ort),
+        EngineOptions::default(),
+        true,
+    )
+    .unwrap()
+    .engine;
+    let config = PipelineConfig {
+        batch_size: 4,
+        instances: 2,
+        ..PipelineConfig::default()
+    };
+    let detector = Classifier::new(model.clone(), engine, config).unwrap();
+    let paths: Vec<String> = images
+        .iter()
+        .map(|i| dir.join(i["file"].as_str().unwrap()).display().to_string())
+        .collect();
+    let spec = model.manifest.image.as_ref().unwrap().detection.unwrap();
+    let mut found: Vec<Vec<Detection>> = Vec::new();
+    detector
+        .detect(
+            Inputs::new(paths, None),
+            DetectOptions::defaults(&spec),
+            |r| {
+                found.push(
+                    r.outcome
+                        .unwrap_or_else(|e| panic!("{}: {e}", r.path.display())),
+                );
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert_eq!(found.len(), images.len());
+    let (mut checked, mut ours_checked) = (0, 0);
+    let mut failures: Vec<String> = Vec::new();
+    let mut swaps: Vec<String> = Vec::new();
+    for (image, ours) in images.iter().zip(&found) {
+        let name = image["file"].as_str().unwrap();
+        let refs: Vec<(usize, f64, [f64; 4])> = image["detections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let b: Vec<f64> = d["box_xyxy"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                (
+                    d["class_id"].as_u64().unwrap() as usize,
+                    d["score"].as_f64().unwrap(),
+                    [b[0], b[1], b[2], b[3]],
+                )
+            })
+            .collect();
+        let ours: Vec<(usize, f64, [f64; 4])> = ours
+            .iter()
+            .map(|d| (d.class, f64::from(d.score), d.bbox.map(f64::from)))
+            .collect();
+        for (class, score, bbox) in refs.iter().filter(|r| r.1 >= 0.3) {
+            let hit = ours
+                .iter()
+                .any(|(c, _, b)| c == class && iou(b, bbox) >= 0.9);
+            if !hit {
+                failures.push(format!(
+                    "{name}: reference class {class} {score:.3} {bbox:?} not found in {ours:?}"
+                ));
+            }
+            checked += 1;
+        }
+        for (class, score, bbox) in ours.iter().filter(|o| o.1 >= 0.3) {
+            let known = refs
+                .iter()
+                .any(|(c, _, b)| c == class && iou(b, bbox) >= 0.9);
+            // Found on bikes_f236: our resize differs from PIL's by a rounding here and there,
+            // and two anchors on one bicycle swap places in the NMS order (ours 0.304, the
+            // reference's 0.298, IoU 0.80 between them). A detection within 0.01 of the 0.3
+            // line whose object the reference has just under it is such a swap, counted.
+            let swapped = *score < 0.31
+                && refs
+                    .iter()
+                    .any(|(c, s, b)| c == class && *s >= 0.29 && iou(b, bbox) >= 0.5);
+            if !known && swapped {
+                swaps.push(format!("{name}: class {class} {score:.3}"));
+            } else if !known {
+                failures.push(format!(
+                    "{name}: class {class} {score:.3} {bbox:?} is not in the reference {refs:?}"
+                ));
+            }
+            ours_checked += 1;
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(swaps.len() <= 2, "anchors swapped across 0.3: {swaps:?}");
+    assert!(
+        checked > 150,
+        "only {checked} reference detections at 0.3 or more"
+    );
+    assert!(
+        ours_checked > 150,
+        "only {ours_checked} detections at 0.3 or more"
+    );
+}
