@@ -2,7 +2,7 @@
 `tensor` models and every answer equals onnxruntime-Python's on the same inputs.
 
 - the digits CNN, from a folder holding only its model.onnx (no manifest: served from the
-  ONNX signature);
+  ONNX signature), and again with the manifest `singlepoint init` wrote;
 - the random MobileNetV2, with the manifest `singlepoint init` wrote;
 - token-pool (tests/models, two int64 inputs of variable length, ids and mask), with the
   manifest `init --pad ... --max-length 64` wrote: concurrent requests of different lengths
@@ -48,6 +48,7 @@ def init(onnx, *flags):
 
 place("digits", "models/digits-cnn/model.onnx")
 for name, source, flags in [
+    ("digits-init", "models/digits-cnn/model.onnx", []),
     ("mobilenet", "tests/models/mobilenet-v2-random/model.onnx", []),
     ("token-pool", "tests/models/token-pool/model.onnx",
      ["--pad", "input_ids=0", "--pad", "attention_mask=0", "--max-length", "64"]),
@@ -110,9 +111,9 @@ try:
     assert meta["inputs"][0]["name"] == "input" and meta["outputs"][0]["name"] == "logits", meta
     x = rng.random((3, 1, 8, 8), dtype=np.float32)
     want = session("digits").run(None, {"input": x})[0]
-    for binary_data in (False, True):
-        got = client.infer("digits", [tensor_input("input", x, "FP32", binary_data)]).as_numpy("logits")
-        assert np.allclose(got, want, atol=1e-5), "digits differs from onnxruntime"
+    for model, binary_data in [("digits", False), ("digits", True), ("digits-init", True)]:
+        got = client.infer(model, [tensor_input("input", x, "FP32", binary_data)]).as_numpy("logits")
+        assert np.allclose(got, want, atol=1e-5), f"{model} differs from onnxruntime"
 
     # MobileNetV2 (random weights), with init's manifest.
     x = rng.standard_normal((2, 3, 224, 224), dtype=np.float32)
@@ -196,7 +197,7 @@ try:
     refused("digits", [tensor_input("input", np.zeros((1, 1, 8, 9), np.float32), "FP32")],
             "axis 3 is 9; the model takes 8")
     assert client.is_model_ready("token-pool")
-    print(f"tritonclient: digits (bare ONNX), MobileNetV2 and token-pool equal onnxruntime "
+    print(f"tritonclient: digits (bare ONNX and init's manifest), MobileNetV2 and token-pool equal onnxruntime "
           f"{ort.__version__}; {batching}; FP16/INT32/INT8/UINT8/BOOL exact; output selection, "
           f"bad inputs and init refusals named")
 finally:

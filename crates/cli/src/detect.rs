@@ -143,35 +143,15 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
             model.manifest.task.as_str()
         );
     };
-    let classes = match &args.classes {
-        None => None,
-        Some(names) => {
-            let labels = model
-                .labels
-                .as_ref()
-                .context("`--classes` needs a model with labels")?;
-            let mut ids = Vec::new();
-            for name in names {
-                let id = (0..labels.len())
-                    .find(|&i| labels.name(i) == Some(name.as_str()))
-                    .with_context(|| {
-                        format!("`--classes`: `{name}` is not one of the model's classes")
-                    })?;
-                ids.push(id);
-            }
-            Some(ids)
-        }
-    };
-    let defaults = DetectOptions::defaults(&spec);
-    let options = DetectOptions {
-        score: args.score.unwrap_or(defaults.score),
-        iou: args.iou.unwrap_or(defaults.iou),
-        max_detections: args.max_detections.unwrap_or(defaults.max_detections),
-        classes,
-    };
-    options
-        .validate(&spec)
-        .map_err(|e| anyhow::anyhow!("`--score`/`--iou`/`--max-detections`: {e}"))?;
+    let options = DetectOptions::from_request(
+        &model,
+        &spec,
+        args.score,
+        args.iou,
+        args.max_detections,
+        args.classes.as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let instances = args.instances.unwrap_or(cores);
     if instances == 0 {

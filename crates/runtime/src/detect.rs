@@ -169,6 +169,47 @@ impl DetectOptions {
         }
     }
 
+    /// A request's options over the manifest's defaults: class names resolved to indices and
+    /// every value checked ([`DetectOptions::validate`]); the error names what is wrong.
+    pub fn from_request(
+        model: &Model,
+        spec: &DetectionSpec,
+        score: Option<f32>,
+        iou: Option<f32>,
+        max_detections: Option<usize>,
+        classes: Option<&[String]>,
+    ) -> Result<DetectOptions, String> {
+        let classes = match classes {
+            None => None,
+            Some(names) => {
+                let labels = model
+                    .labels
+                    .as_ref()
+                    .ok_or("classes: the model has no class names")?;
+                let ids = names
+                    .iter()
+                    .map(|name| {
+                        (0..labels.len())
+                            .find(|&i| labels.name(i) == Some(name.as_str()))
+                            .ok_or_else(|| {
+                                format!("classes: `{name}` is not one of the model's classes")
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(ids)
+            }
+        };
+        let defaults = DetectOptions::defaults(spec);
+        let options = DetectOptions {
+            score: score.unwrap_or(defaults.score),
+            iou: iou.unwrap_or(defaults.iou),
+            max_detections: max_detections.unwrap_or(defaults.max_detections),
+            classes,
+        };
+        options.validate(spec)?;
+        Ok(options)
+    }
+
     /// Refuses thresholds the cached candidates cannot answer or that mean nothing.
     pub fn validate(&self, spec: &DetectionSpec) -> Result<(), String> {
         if !(self.score.is_finite() && self.score >= spec.min_score && self.score <= 1.0) {

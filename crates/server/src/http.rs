@@ -20,6 +20,8 @@ use singlepoint_protocol::{form, oip};
 use crate::metrics::{self, load, render_model_histograms, render_model_values};
 use crate::service::{Answer, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket};
 use crate::AppState;
+use singlepoint_model::Task;
+use singlepoint_runtime::detect::DetectOptions;
 use singlepoint_runtime::task::{self, Outputs};
 
 /// An error answered as `{"error": "..."}` with its status.
@@ -103,6 +105,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}/classify", post(classify))
+        .route("/v1/models/{name}/detect", post(detect))
         .route("/v1/cost", get(cost))
         .route(
             "/v2/repository/index",
@@ -201,6 +204,7 @@ pub const ROUTES: &[&str] = &[
     "/v2/models/{name}/versions/{version}/infer",
     "/v1/models",
     "/v1/models/{name}/classify",
+    "/v1/models/{name}/detect",
     "/v1/cost",
     "/v2/repository/index",
     "/v2/repository/models/{name}/load",
@@ -506,6 +510,12 @@ async fn infer_inner(
         ),
     };
     let manifest = &service.model().manifest;
+    if manifest.task == Task::ObjectDetection {
+        return Err(ApiError::bad_request(format!(
+            "`{}` is an object-detection model; the inference protocol does not serve it yet: POST its images to /v1/models/{}/detect",
+            manifest.name, manifest.name
+        )));
+    }
     let image = manifest.image.is_some();
     let request = if image {
         let n_classes = service
@@ -605,12 +615,13 @@ async fn classify(
     record(&state, &model, "classify", t0, result)
 }
 
-async fn classify_inner(
+/// The images of a classify or detect request: raw bytes, or a multipart form of files (with
+/// whether it was a form). The body is read before the request is judged, so that a client
+/// uploading a large body gets the answer rather than a connection closed under it.
+async fn read_images(
     state: &Arc<AppState>,
-    params: &HashMap<String, String>,
-    query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
-) -> ApiResult {
+) -> Result<(bool, Vec<(String, Bytes)>), ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -633,9 +644,50 @@ async fn classify_inner(
         }
         vec![("body".to_string(), body)]
     };
-    // The body is read before the request is judged, so that a client uploading a large
-    // body gets the answer rather than a connection closed under it.
+    Ok((multipart, files))
+}
+
+/// Only a bad file is reported in its place in a form; anything else fails the request, and a
+/// request of one raw image fails with its image.
+fn image_request_failure(outcomes: &[Answer], multipart: bool) -> Result<(), ApiError> {
+    if let Some(f) = request_failure(outcomes).filter(|f| f.kind() != FailureKind::BadInput) {
+        return Err(f.into());
+    }
+    if !multipart {
+        if let Some(Err(f)) = outcomes.first() {
+            return Err(f.clone().into());
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint a model's task is served at, for refusals.
+fn wrong_endpoint(service: &ModelService, wanted: Task) -> ApiError {
+    let m = &service.model().manifest;
+    let serves = match m.task {
+        Task::ImageClassification => "POST /v1/models/{name}/classify",
+        Task::ObjectDetection => "POST /v1/models/{name}/detect",
+        Task::Tensor => "POST /v2/models/{name}/infer with its tensors",
+    };
+    ApiError::bad_request(format!(
+        "`{}` is a `{}` model, not `{}`; it is served by {serves}",
+        m.name,
+        m.task.as_str(),
+        wanted.as_str()
+    ))
+}
+
+async fn classify_inner(
+    state: &Arc<AppState>,
+    params: &HashMap<String, String>,
+    query: Result<Query<ClassifyQuery>, QueryRejection>,
+    request: Request,
+) -> ApiResult {
+    let (multipart, files) = read_images(state, request).await?;
     let service = find_model(state, params)?;
+    if service.model().manifest.task != Task::ImageClassification {
+        return Err(wrong_endpoint(&service, Task::ImageClassification));
+    }
     let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let n_classes = service
         .output()
@@ -654,15 +706,7 @@ async fn classify_inner(
         .map(|(n, b)| (n, ItemInput::Image(b)))
         .unzip();
     let outcomes = run_items(state, &service, items).await?;
-    // Only a bad file is reported in its place; anything else fails the request.
-    if let Some(f) = request_failure(&outcomes).filter(|f| f.kind() != FailureKind::BadInput) {
-        return Err(f.into());
-    }
-    if !multipart {
-        if let Some(Err(f)) = outcomes.first() {
-            return Err(f.clone().into());
-        }
-    }
+    image_request_failure(&outcomes, multipart)?;
     let model = service.model();
     let results: Vec<Value> = names
         .into_iter()
@@ -680,6 +724,101 @@ async fn classify_inner(
                     "name": name,
                     "label": c.display_label,
                     "top_k": top,
+                    "cached": source == Source::Cache,
+                    "source": source.as_str(),
+                })
+            }
+            Err(f) => json!({ "name": name, "error": f.to_string() }),
+        })
+        .collect();
+    Ok(Json(json!({
+        "model": model.manifest.name,
+        "model_version": model.manifest.version,
+        "results": results,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct DetectQuery {
+    score: Option<f32>,
+    iou: Option<f32>,
+    max_detections: Option<usize>,
+    /// Class names, comma-separated.
+    classes: Option<String>,
+}
+
+async fn detect(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<DetectQuery>, QueryRejection>,
+    request: Request,
+) -> Response {
+    let t0 = Instant::now();
+    let params = HashMap::from([("name".to_string(), name)]);
+    let model = model_label(&state, &params);
+    let result = detect_inner(&state, &params, query, request).await;
+    record(&state, &model, "detect", t0, result)
+}
+
+/// `POST /v1/models/{name}/detect`: each image's detections, from its cached candidates when
+/// the same bytes were seen (by this endpoint or `singlepoint detect` on the same cache).
+async fn detect_inner(
+    state: &Arc<AppState>,
+    params: &HashMap<String, String>,
+    query: Result<Query<DetectQuery>, QueryRejection>,
+    request: Request,
+) -> ApiResult {
+    let (multipart, files) = read_images(state, request).await?;
+    let service = find_model(state, params)?;
+    let model = service.model();
+    let Some(spec) = model.manifest.image.as_ref().and_then(|i| i.detection) else {
+        return Err(wrong_endpoint(&service, Task::ObjectDetection));
+    };
+    let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let classes: Option<Vec<String>> = query.classes.as_ref().map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    let options = DetectOptions::from_request(
+        model,
+        &spec,
+        query.score,
+        query.iou,
+        query.max_detections,
+        classes.as_deref(),
+    )
+    .map_err(ApiError::bad_request)?;
+    let (names, items): (Vec<String>, Vec<ItemInput>) = files
+        .into_iter()
+        .map(|(n, b)| (n, ItemInput::Image(b)))
+        .unzip();
+    let outcomes = run_items(state, &service, items).await?;
+    image_request_failure(&outcomes, multipart)?;
+    let round = |v: f32, scale: f64| (f64::from(v) * scale).round() / scale;
+    let results: Vec<Value> = names
+        .into_iter()
+        .zip(outcomes)
+        .map(|(name, outcome)| match outcome {
+            Ok((outputs, source)) => {
+                let found: Vec<Value> =
+                    singlepoint_runtime::detect::detections(model, &outputs, &options)
+                        .iter()
+                        .map(|d| {
+                            json!({
+                                "class": d.class,
+                                "label": d.label,
+                                "score": round(d.score, 1e5),
+                                "box": d.bbox.map(|v| round(v, 100.0)),
+                            })
+                        })
+                        .collect();
+                json!({
+                    "name": name,
+                    "detections": found,
                     "cached": source == Source::Cache,
                     "source": source.as_str(),
                 })

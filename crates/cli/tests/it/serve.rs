@@ -1507,3 +1507,63 @@ fn a_polled_repository_is_followed_as_folders_appear_change_and_go() {
     assert_eq!(reply.status, 403);
     assert!(reply.error().contains("polled"), "{}", reply.error());
 }
+
+/// `POST /v1/models/{name}/detect` gives the boxes `singlepoint detect` prints, from the same
+/// cache entries; the classify and detect endpoints refuse each other's models.
+#[test]
+fn the_detect_endpoint_returns_the_clis_boxes_and_endpoints_refuse_other_tasks() {
+    let cache = tempfile::tempdir().unwrap();
+    let image = "tests/data/detection/opencv_messi5.jpg";
+    let cli =
+        super::singlepoint_with_cache(&["detect", image, "--format", "json"], None, cache.path());
+    assert!(cli.status.success(), "{}", text(&cli.stderr));
+    let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let cache_dir = cache.path().display().to_string();
+    let server = Server::start(&[
+        "--model",
+        "models/yolov3-tiny",
+        "--model",
+        "models/digits-cnn",
+        "--cache-dir",
+        &cache_dir,
+    ]);
+    let bytes = std::fs::read(repo().join(image)).unwrap();
+    let reply = server.send("POST", "/v1/models/yolov3-tiny/detect", &[], &bytes);
+    assert_eq!(reply.status, 200, "{}", reply.error());
+    let served = &reply.json()["results"][0];
+    assert_eq!(served["source"], "cache", "classify's entry was not shared");
+    assert_eq!(served["detections"], cli["results"][0]["detections"]);
+    let people = server.send(
+        "POST",
+        "/v1/models/yolov3-tiny/detect?classes=person&score=0.4",
+        &[],
+        &bytes,
+    );
+    assert_eq!(
+        people.json()["results"][0]["detections"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    for (path, expected) in [
+        (
+            "/v1/models/yolov3-tiny/classify",
+            "is a `object-detection` model",
+        ),
+        (
+            "/v1/models/digits-cnn/detect",
+            "is a `image-classification` model",
+        ),
+        ("/v1/models/yolov3-tiny/detect?score=3", "score 3"),
+        ("/v1/models/yolov3-tiny/detect?classes=unicorn", "`unicorn`"),
+    ] {
+        let reply = server.send("POST", path, &[], &bytes);
+        assert_eq!(reply.status, 400, "{path}");
+        assert!(
+            reply.error().contains(expected),
+            "{path}: {}",
+            reply.error()
+        );
+    }
+}
