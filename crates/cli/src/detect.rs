@@ -83,6 +83,71 @@ enum DetectFormat {
     Text,
     Json,
     Jsonl,
+    /// One row per detection: index, path, class, label, score, x1, y1, x2, y2, error
+    Csv,
+    /// COCO results JSON: `[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]`
+    Coco,
+}
+
+/// COCO's category ids (1..90 with gaps) for the 80 classes COCO-trained detectors number
+/// 0..79 in their order.
+const COCO_80_TO_91: [usize; 80] = [
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55,
+    56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84,
+    85, 86, 87, 88, 89, 90,
+];
+
+/// Whether the model numbers its classes as COCO-80 does (80 names, starting person, bicycle,
+/// car): then COCO output uses COCO's category ids, else the class index.
+fn is_coco_80(model: &Model) -> bool {
+    model.labels.as_ref().is_some_and(|l| {
+        l.len() == 80
+            && [l.name(0), l.name(1), l.name(2)] == [Some("person"), Some("bicycle"), Some("car")]
+    })
+}
+
+/// A COCO image id: the file name's number (`000000397133.jpg` → 397133), else the index.
+fn coco_image_id(result: &ItemResult<Vec<Detection>>) -> u64 {
+    result
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(result.idx as u64)
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// The CSV rows of one image: one per detection, or one with empty detection fields (none
+/// found, or the error).
+fn csv_rows(result: &ItemResult<Vec<Detection>>) -> String {
+    let path = csv_field(&result.path.display().to_string());
+    match &result.outcome {
+        Err(e) => format!(
+            "{},{path},,,,,,,,{}\n",
+            result.idx,
+            csv_field(&e.to_string())
+        ),
+        Ok(found) if found.is_empty() => format!("{},{path},,,,,,,,\n", result.idx),
+        Ok(found) => found
+            .iter()
+            .map(|d| {
+                let label = csv_field(d.label.as_deref().unwrap_or_default());
+                let [x1, y1, x2, y2] = d.bbox;
+                format!(
+                    "{},{path},{},{label},{:.5},{x1:.2},{y1:.2},{x2:.2},{y2:.2},\n",
+                    result.idx, d.class, d.score
+                )
+            })
+            .collect(),
+    }
 }
 
 fn detection_json(d: &Detection) -> serde_json::Value {
@@ -193,13 +258,22 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_error: Option<std::io::Error> = None;
     let mut first = true;
-    if args.format == DetectFormat::Json {
+    {
         use std::io::Write;
         let head = json!({ "name": model.manifest.name, "digest": model.digest.to_hex() });
-        if let Err(e) = write!(out, "{{\"model\": {head}, \"results\": [") {
+        let opened = match args.format {
+            DetectFormat::Json => write!(out, "{{\"model\": {head}, \"results\": ["),
+            DetectFormat::Coco => write!(out, "["),
+            DetectFormat::Csv => {
+                writeln!(out, "index,path,class,label,score,x1,y1,x2,y2,error")
+            }
+            DetectFormat::Text | DetectFormat::Jsonl => Ok(()),
+        };
+        if let Err(e) = opened {
             write_error = Some(e);
         }
     }
+    let coco_ids = is_coco_80(&model);
     let stats = detector.detect(inputs, options, |result| {
         use std::io::Write;
         let written = match args.format {
@@ -216,6 +290,35 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
                 first = false;
                 write!(out, "{sep}{}", item_json(&result))
             }
+            DetectFormat::Csv => {
+                if let Err(e) = &result.outcome {
+                    eprintln!("error: `{}`: {e}", result.path.display());
+                }
+                write!(out, "{}", csv_rows(&result))
+            }
+            DetectFormat::Coco => match &result.outcome {
+                Err(e) => {
+                    eprintln!("error: `{}`: {e}", result.path.display());
+                    Ok(())
+                }
+                Ok(found) => found.iter().try_for_each(|d| {
+                    let sep = if first { "\n  " } else { ",\n  " };
+                    first = false;
+                    let [x1, y1, x2, y2] = d.bbox.map(|v| (f64::from(v) * 100.0).round() / 100.0);
+                    let category = if coco_ids {
+                        COCO_80_TO_91.get(d.class).copied().unwrap_or(d.class)
+                    } else {
+                        d.class
+                    };
+                    let entry = json!({
+                        "image_id": coco_image_id(&result),
+                        "category_id": category,
+                        "bbox": [x1, y1, ((x2 - x1) * 100.0).round() / 100.0, ((y2 - y1) * 100.0).round() / 100.0],
+                        "score": (f64::from(d.score) * 1e5).round() / 1e5,
+                    });
+                    write!(out, "{sep}{entry}")
+                }),
+            },
         };
         match written.and_then(|()| out.flush()) {
             Ok(()) => ControlFlow::Continue(()),
@@ -227,8 +330,13 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     })?;
     {
         use std::io::Write;
-        if args.format == DetectFormat::Json && write_error.is_none() {
-            if let Err(e) = writeln!(out, "\n]}}").and_then(|()| out.flush()) {
+        let closing = match args.format {
+            DetectFormat::Json => "\n]}",
+            DetectFormat::Coco => "\n]",
+            _ => "",
+        };
+        if !closing.is_empty() && write_error.is_none() {
+            if let Err(e) = writeln!(out, "{closing}").and_then(|()| out.flush()) {
                 write_error = Some(e);
             }
         }

@@ -97,3 +97,43 @@ fn detect_and_classify_refuse_each_others_models_and_absurd_thresholds() {
         );
     }
 }
+
+#[test]
+fn csv_and_coco_results_carry_the_same_boxes() {
+    let out = singlepoint(
+        &["detect", MESSI, "photos/coffee.png", "--format", "csv"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let csv = text(&out.stdout);
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "index,path,class,label,score,x1,y1,x2,y2,error");
+    assert!(
+        rows[1].starts_with("0,tests/data/detection/opencv_messi5.jpg,32,sports ball,0.79"),
+        "{csv}"
+    );
+    assert_eq!(rows[1].split(',').count(), 10, "{csv}");
+    assert!(
+        rows.last().unwrap().starts_with("1,photos/coffee.png,"),
+        "{csv}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.starts_with("0,")).count(), 5);
+    let out = singlepoint(&["detect", MESSI, "--format", "coco"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let coco: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &coco[0];
+    // COCO's id for sports ball (class 32 of the 80) is 37; bbox is x, y, width, height.
+    assert_eq!(first["category_id"], 37);
+    assert_eq!(first["image_id"], 0);
+    let bbox: Vec<f64> = first["bbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        (bbox[0] - 344.07).abs() < 0.5 && (bbox[2] - 34.24).abs() < 0.5,
+        "{bbox:?}"
+    );
+    assert_eq!(coco.as_array().unwrap().len(), 5);
+}
