@@ -7,11 +7,10 @@ of each, and the ratio of medians. Writes bench/results/engine-DATE.md.
 
 Usage: python3 bench/engine.py [--rounds 3] [--seconds 4] [--threads 2]
 Needs the example built: cargo build --release -p singlepoint-backend --example engine_throughput
-(the script builds it), ../shared/models/mobilenet-v2-random for the random MobileNetV2
-(copied to bench/data/, which is not committed).
+(the script builds it); the random MobileNetV2 is tests/models/mobilenet-v2-random.
 """
 from common import header
-import argparse, datetime, json, os, platform, shutil, statistics, subprocess, sys
+import argparse, datetime, json, os, platform, statistics, subprocess, sys
 
 root = os.path.dirname(os.path.abspath(__file__))
 repo = os.path.dirname(root)
@@ -30,10 +29,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "singlepoint-backend", "--example", "engine_throughput"], check=True, cwd=repo)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(repo, "target"))
     example = os.path.join(target, "release", "examples", "engine_throughput")
-    mobilenet = os.path.join(root, "data", "mobilenet-v2-random.onnx")
-    if not os.path.exists(mobilenet):
-        os.makedirs(os.path.dirname(mobilenet), exist_ok=True)
-        shutil.copy(os.path.join(repo, "..", "shared", "models", "mobilenet-v2-random", "model.onnx"), mobilenet)
+    mobilenet = os.path.join(repo, "tests", "models", "mobilenet-v2-random", "model.onnx")
     models = {"EfficientNet-Lite0": os.path.join(repo, "models", "efficientnet-lite0", "model.onnx"),
               "MobileNetV2 (random weights)": mobilenet}
     import onnxruntime
