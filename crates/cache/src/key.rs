@@ -20,6 +20,23 @@ impl CacheKey {
         CacheKey(*hasher.finalize().as_bytes())
     }
 
+    /// The key of [`CacheKey::new`] with `input` the concatenation of `parts`, without
+    /// copying them together.
+    pub fn from_parts(model: &ModelDigest, options: &[u8], parts: &[&[u8]]) -> CacheKey {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"singlepoint-cache-key-v1\0");
+        for part in [&model.0[..], options] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        hasher.update(&(total as u64).to_le_bytes());
+        for part in parts {
+            hasher.update(part);
+        }
+        CacheKey(*hasher.finalize().as_bytes())
+    }
+
     pub fn to_hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -48,6 +65,11 @@ mod tests {
             let digest = ModelDigest(model);
             let key = CacheKey::new(&digest, &options, &input);
             prop_assert_eq!(key, CacheKey::new(&digest, &options, &input));
+            let cut = flip % (input.len() + 1);
+            prop_assert_eq!(
+                key,
+                CacheKey::from_parts(&digest, &options, &[&input[..cut], &[], &input[cut..]])
+            );
 
             let mut other_model = model;
             other_model[flip % 32] ^= 1;

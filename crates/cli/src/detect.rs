@@ -1,5 +1,8 @@
-//! `singlepoint detect`: objects in images, on the single point (the detector's candidates are
-//! what the cache keeps, so thresholds and class filters are answered from one entry).
+//! `singlepoint detect`: objects in images and video frames, on the single point (the
+//! detector's candidates are what the cache keeps, so thresholds and class filters are
+//! answered from one entry). Videos are decoded by an ffmpeg child
+//! (`singlepoint_runtime::video`); `--reuse` lets near-identical frames share an answer
+//! (`singlepoint_runtime::reuse`).
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -10,17 +13,20 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use singlepoint_backend::EngineOptions;
-use singlepoint_model::{DecodeLimits, Model};
+use singlepoint_model::{DecodeLimits, DetectionSpec, Model};
 use singlepoint_runtime::detect::{DetectOptions, Detection};
+use singlepoint_runtime::inputs::has_video_extension;
 use singlepoint_runtime::{
-    load_engine, BackendChoice, Classifier, InputEntry, Inputs, ItemResult, PipelineConfig,
+    load_engine, AnswerSource, BackendChoice, Classifier, FrameInfo, FrameOptions, InputEntry,
+    Inputs, ItemResult, PipelineConfig,
 };
 
 use crate::cache_args::CacheArgs;
 
 #[derive(Args)]
 pub struct DetectArgs {
-    /// Images: files, folders (recursive), glob patterns, or `-` to read paths from stdin
+    /// Images and videos (mp4, avi, mkv, webm, mov, m4v; decoded by `ffmpeg`): files, folders
+    /// (recursive), glob patterns, or `-` to read paths from stdin
     #[arg(required = true)]
     inputs: Vec<String>,
 
@@ -49,6 +55,22 @@ pub struct DetectArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = DetectFormat::Text)]
     format: DetectFormat,
+
+    /// Videos: keep about this many frames a second (the first frame at or after each step;
+    /// default: every frame)
+    #[arg(long)]
+    fps: Option<f64>,
+
+    /// Videos: reuse the answer of the last frame the model ran on while a frame differs from
+    /// it by less than `--reuse-threshold` (answers marked `reused`; a scene cut always runs
+    /// the model). `singlepoint tune --reuse VIDEO` picks the threshold for a camera
+    #[arg(long)]
+    reuse: bool,
+
+    /// The difference under which `--reuse` reuses: mean absolute luma difference of 64×64
+    /// thumbnails, 0–255 (implies `--reuse`)
+    #[arg(long)]
+    reuse_threshold: Option<f32>,
 
     /// Engine: `ort`, `tract`, or `auto`
     #[arg(long, default_value = "auto", env = "SINGLEPOINT_BACKEND")]
@@ -129,25 +151,53 @@ fn csv_field(text: &str) -> String {
 /// found, or the error).
 fn csv_rows(result: &ItemResult<Vec<Detection>>) -> String {
     let path = csv_field(&result.path.display().to_string());
+    let (frame, time) = match &result.frame {
+        Some(f) => (f.index.to_string(), format!("{:.3}", f.time)),
+        None => (String::new(), String::new()),
+    };
+    let head = format!("{},{path},{frame},{time}", result.idx);
+    let source = source_name(result.source);
     match &result.outcome {
-        Err(e) => format!(
-            "{},{path},,,,,,,,{}\n",
-            result.idx,
-            csv_field(&e.to_string())
-        ),
-        Ok(found) if found.is_empty() => format!("{},{path},,,,,,,,\n", result.idx),
+        Err(e) => format!("{head},,,,,,,,{source},{}\n", csv_field(&e.to_string())),
+        Ok(found) if found.is_empty() => format!("{head},,,,,,,,{source},\n"),
         Ok(found) => found
             .iter()
             .map(|d| {
                 let label = csv_field(d.label.as_deref().unwrap_or_default());
                 let [x1, y1, x2, y2] = d.bbox;
                 format!(
-                    "{},{path},{},{label},{:.5},{x1:.2},{y1:.2},{x2:.2},{y2:.2},\n",
-                    result.idx, d.class, d.score
+                    "{head},{},{label},{:.5},{x1:.2},{y1:.2},{x2:.2},{y2:.2},{source},\n",
+                    d.class, d.score
                 )
             })
             .collect(),
     }
+}
+
+fn source_name(source: AnswerSource) -> &'static str {
+    match source {
+        AnswerSource::Computed => "computed",
+        AnswerSource::Cache => "cache",
+        AnswerSource::Coalesced => "coalesced",
+        AnswerSource::Reused => "reused",
+        AnswerSource::Failed => "failed",
+    }
+}
+
+/// A frame's place in its video, and for a reused answer the frame it came from.
+fn frame_json(frame: &FrameInfo) -> serde_json::Value {
+    let ms = |t: f64| (t * 1000.0).round() / 1000.0;
+    let mut v = json!({ "frame": frame.index, "time": ms(frame.time) });
+    if let Some(from) = &frame.reused {
+        v["reused_from"] = json!({
+            "frame": from.index,
+            "time": ms(from.time),
+            "age_frames": frame.index - from.index,
+            "age_s": ms(frame.time - from.time),
+            "difference": (f64::from(from.difference) * 100.0).round() / 100.0,
+        });
+    }
+    v
 }
 
 fn detection_json(d: &Detection) -> serde_json::Value {
@@ -161,18 +211,33 @@ fn detection_json(d: &Detection) -> serde_json::Value {
 }
 
 fn item_json(result: &ItemResult<Vec<Detection>>) -> serde_json::Value {
-    match &result.outcome {
+    let mut v = match &result.outcome {
         Ok(found) => json!({
             "index": result.idx,
             "path": result.path.display().to_string(),
             "detections": found.iter().map(detection_json).collect::<Vec<_>>(),
-            "source": format!("{:?}", result.source).to_lowercase(),
+            "source": source_name(result.source),
         }),
         Err(e) => json!({
             "index": result.idx,
             "path": result.path.display().to_string(),
             "error": e.to_string(),
         }),
+    };
+    if let (Some(frame), Some(map)) = (&result.frame, v.as_object_mut()) {
+        if let Some(extra) = frame_json(frame).as_object() {
+            map.extend(extra.clone());
+        }
+    }
+    v
+}
+
+/// `Image 3` or `Video 3 frame 12 1.200s`.
+fn item_name(result: &ItemResult<Vec<Detection>>) -> String {
+    match &result.frame {
+        Some(f) => format!("Video {} frame {} {:.3}s", result.idx, f.index, f.time),
+        None if has_video_extension(&result.path) => format!("Video {}", result.idx),
+        None => format!("Image {}", result.idx),
     }
 }
 
@@ -195,19 +260,33 @@ fn text_line(found: &[Detection]) -> String {
         .join(", ")
 }
 
-pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
-    let model = Arc::new(match &args.model {
+fn per_item(cpu: std::time::Duration, items: usize) -> f64 {
+    cpu.as_secs_f64() * 1000.0 / items.max(1) as f64
+}
+
+/// The detector at `path` (default: the bundled YOLOv3-tiny) and its detection section;
+/// `command` names what refuses another kind of model.
+pub fn load_detector(
+    path: Option<&std::path::Path>,
+    command: &str,
+) -> anyhow::Result<(Arc<Model>, DetectionSpec)> {
+    let model = Arc::new(match path {
         Some(path) => Model::load(path)
             .with_context(|| format!("cannot load the model `{}`", path.display()))?,
         None => Model::bundled_detector(),
     });
     let Some(spec) = model.manifest.image.as_ref().and_then(|i| i.detection) else {
         anyhow::bail!(
-            "`{}` is a `{}` model; detect runs object-detection models",
+            "`{}` is a `{}` model; {command} runs object-detection models",
             model.manifest.name,
             model.manifest.task.as_str()
         );
     };
+    Ok((model, spec))
+}
+
+pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
+    let (model, spec) = load_detector(args.model.as_deref(), "detect")?;
     let options = DetectOptions::from_request(
         &model,
         &spec,
@@ -253,7 +332,15 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     let stdin: Option<Box<dyn std::io::BufRead + Send>> =
         stdin_used.then(|| Box::new(std::io::BufReader::new(std::io::stdin())) as _);
     let inputs: Box<dyn Iterator<Item = InputEntry> + Send> =
-        Box::new(Inputs::new(args.inputs.clone(), stdin));
+        Box::new(Inputs::new(args.inputs.clone(), stdin).with_videos());
+    let frames = FrameOptions {
+        fps: args.fps,
+        reuse_threshold: match (args.reuse, args.reuse_threshold) {
+            (_, Some(t)) => Some(t),
+            (true, None) => Some(singlepoint_runtime::reuse::DEFAULT_THRESHOLD),
+            (false, None) => None,
+        },
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_error: Option<std::io::Error> = None;
@@ -265,7 +352,10 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
             DetectFormat::Json => write!(out, "{{\"model\": {head}, \"results\": ["),
             DetectFormat::Coco => write!(out, "["),
             DetectFormat::Csv => {
-                writeln!(out, "index,path,class,label,score,x1,y1,x2,y2,error")
+                writeln!(
+                    out,
+                    "index,path,frame,time,class,label,score,x1,y1,x2,y2,source,error"
+                )
             }
             DetectFormat::Text | DetectFormat::Jsonl => Ok(()),
         };
@@ -274,14 +364,20 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let coco_ids = is_coco_80(&model);
-    let stats = detector.detect(inputs, options, |result| {
+    let stats = detector.detect(inputs, options, frames, |result| {
         use std::io::Write;
         let written = match args.format {
             DetectFormat::Text => match &result.outcome {
-                Ok(found) => writeln!(out, "Image {}: {}", result.idx, text_line(found)),
+                Ok(found) => {
+                    let reused = match result.frame.and_then(|f| f.reused) {
+                        Some(from) => format!(" (reused from frame {})", from.index),
+                        None => String::new(),
+                    };
+                    writeln!(out, "{}: {}{reused}", item_name(&result), text_line(found))
+                }
                 Err(e) => {
                     eprintln!("error: `{}`: {e}", result.path.display());
-                    writeln!(out, "Image {}: error", result.idx)
+                    writeln!(out, "{}: error", item_name(&result))
                 }
             },
             DetectFormat::Jsonl => writeln!(out, "{}", item_json(&result)),
@@ -310,8 +406,12 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
                     } else {
                         d.class
                     };
+                    let image_id = match &result.frame {
+                        Some(f) => f.index,
+                        None => coco_image_id(&result),
+                    };
                     let entry = json!({
-                        "image_id": coco_image_id(&result),
+                        "image_id": image_id,
                         "category_id": category,
                         "bbox": [x1, y1, ((x2 - x1) * 100.0).round() / 100.0, ((y2 - y1) * 100.0).round() / 100.0],
                         "score": (f64::from(d.score) * 1e5).round() / 1e5,
@@ -345,14 +445,31 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         return Err(e).context("cannot write results");
     }
     if !args.quiet {
+        let what = if stats.frames > 0 {
+            format!(
+                "{} images and video frames ({} frames",
+                stats.items, stats.frames
+            ) + &if frames.reuse_threshold.is_some() {
+                format!(", {} reused", stats.reused)
+            } else {
+                String::new()
+            } + ")"
+        } else {
+            format!("{} images", stats.items)
+        };
         eprintln!(
-            "{} images ({} failed) in {:.2} s on {}: {} engine runs, {} cache hits",
-            stats.items,
+            "{what}, {} failed, in {:.2} s on {}: {} engine runs, {} cache hits; core-ms per item: read {:.2}, decode {:.2}, difference {:.2}, preprocess {:.2}, inference {:.2}, postprocess {:.2}",
             stats.failed,
             stats.wall.as_secs_f64(),
             engine_kind.as_str(),
             stats.model_executions,
-            stats.cache_hits
+            stats.cache_hits,
+            per_item(stats.read, stats.items),
+            per_item(stats.decode, stats.items),
+            per_item(stats.difference, stats.items),
+            per_item(stats.preprocess, stats.items),
+            per_item(stats.inference, stats.items),
+            per_item(stats.postprocess, stats.items),
         );
     }
     Ok(if stats.failed == 0 {

@@ -9,6 +9,7 @@ mod init;
 mod output;
 mod serve;
 mod tune;
+mod tune_reuse;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -42,7 +43,8 @@ enum Command {
     /// POST /v1/models/{name}/classify for images; GET /openapi.json lists every endpoint
     Serve(serve::ServeArgs),
     /// Find the cheapest configuration (engine, instances, threads, batch size) for a model
-    /// and a sample of your workload, under latency, throughput and memory constraints
+    /// and a sample of your workload, under latency, throughput and memory constraints; with
+    /// --reuse, the reuse threshold for a camera's videos at an agreement floor
     Tune(tune::TuneArgs),
     /// Write model.json for a bare ONNX file: inputs, outputs, types and shapes from the file;
     /// what it cannot say (an image model's preprocessing, pad values) from flags

@@ -221,12 +221,14 @@ mod tests {
                     }],
                 }),
                 source: AnswerSource::Computed,
+                frame: None,
             },
             ItemResult {
                 idx: 1,
                 path: PathBuf::from("bad.jpg"),
                 outcome: Err(ItemError::Read("gone".into())),
                 source: AnswerSource::Failed,
+                frame: None,
             },
         ]
     }

@@ -20,13 +20,31 @@ use crate::classify::{default_batch_size, load_model};
 
 #[derive(Args)]
 pub struct TuneArgs {
-    /// The sample workload: images, folders or glob patterns, as `classify` takes them
+    /// The sample workload: images, folders or glob patterns, as `classify` takes them; with
+    /// `--reuse`, videos from the camera to tune for
     #[arg(required = true)]
-    inputs: Vec<String>,
+    pub(crate) inputs: Vec<String>,
 
-    /// Model folder or model.json (default: the bundled EfficientNet-Lite0)
+    /// Tune reuse across frames instead: run the detector (`--model`, default the bundled
+    /// YOLOv3-tiny) on every frame of the videos given, replay the difference detector at each
+    /// threshold, and choose the one with the fewest model runs whose answers agree with the
+    /// every-frame ones at least `--min-agreement`
+    #[arg(long)]
+    pub(crate) reuse: bool,
+
+    /// With `--reuse`: the agreement floor (matched detections, same class and IoU ≥ 0.5, over
+    /// the larger answer's size, so that misses and stale boxes both count)
+    #[arg(long, default_value_t = 0.95)]
+    pub(crate) min_agreement: f64,
+
+    /// With `--reuse`: use at most this many frames of each video (default: all)
+    #[arg(long)]
+    pub(crate) max_frames: Option<usize>,
+
+    /// Model folder or model.json (default: the bundled EfficientNet-Lite0; with `--reuse`,
+    /// the bundled YOLOv3-tiny)
     #[arg(long, env = "SINGLEPOINT_MODEL")]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
 
     /// Engines to try, comma-separated: ort, tract
     #[arg(long, value_delimiter = ',', default_value = "ort")]
@@ -74,20 +92,22 @@ pub struct TuneArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     max_rss: Option<u64>,
 
-    /// Where to write the chosen configuration (read by `classify --config`, `serve --config`)
+    /// Where to write the chosen configuration (read by `classify --config`, `serve --config`;
+    /// with `--reuse`, the chosen threshold and the whole curve)
     #[arg(long, default_value = "singlepoint-tuned.json")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
 
-    /// Where to draw the latency–throughput–cost Pareto front (default: next to --out, .svg)
+    /// Where to draw the latency–throughput–cost Pareto front (with `--reuse`: model runs
+    /// against agreement; default: next to --out, .svg)
     #[arg(long)]
-    svg: Option<PathBuf>,
+    pub(crate) svg: Option<PathBuf>,
 
     #[command(flatten)]
     cost: CostArgs,
 
     /// Never download ONNX Runtime
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
-    no_fetch: bool,
+    pub(crate) no_fetch: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -98,6 +118,9 @@ enum SearchArg {
 }
 
 pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
+    if args.reuse {
+        return crate::tune_reuse::run(&args);
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = args.threads.unwrap_or(cores);
     if threads == 0 || args.sample == 0 || args.backends.is_empty() {

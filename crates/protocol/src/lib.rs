@@ -17,6 +17,9 @@ use bytes::Bytes;
 pub enum ItemInput {
     /// Encoded image bytes: decoded and preprocessed with the model's manifest.
     Image(Bytes),
+    /// Decoded RGB8 pixels (a video frame), 3 bytes a pixel, row-major: preprocessed as an
+    /// image is, without decoding.
+    Pixels { width: u32, height: u32, rgb: Bytes },
     /// A preprocessed row of an image model's input, row-major, already checked for length.
     Tensor(Vec<f32>),
     /// One row of each of a tensor model's inputs, in the model's order, each without the

@@ -238,7 +238,31 @@ pub struct Detection {
     pub bbox: [f32; 4],
 }
 
-fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+/// How many of `exact`'s detections `given` matches: greedily, by descending score, each to
+/// the unmatched detection of `given` of its class with the highest IoU, if that is at least
+/// `min_iou`.
+pub fn matched(exact: &[Detection], given: &[Detection], min_iou: f32) -> usize {
+    let mut order: Vec<&Detection> = exact.iter().collect();
+    order.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut used = vec![false; given.len()];
+    let mut count = 0;
+    for e in order {
+        let best = given
+            .iter()
+            .enumerate()
+            .filter(|(j, g)| !used[*j] && g.class == e.class)
+            .map(|(j, g)| (j, iou(&e.bbox, &g.bbox)))
+            .filter(|&(_, v)| v >= min_iou)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((j, _)) = best {
+            used[j] = true;
+            count += 1;
+        }
+    }
+    count
+}
+
+pub(crate) fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
     let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
     let inter = iw * ih;

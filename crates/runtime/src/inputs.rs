@@ -46,10 +46,23 @@ impl InputEntry {
     }
 }
 
-pub fn has_image_extension(path: &Path) -> bool {
+/// Video file extensions a folder walk picks up when the run takes videos
+/// ([`Inputs::with_videos`]); such files are decoded into frames ([`crate::video`]).
+pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "avi", "mkv", "webm", "mov", "m4v"];
+
+fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+        .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+pub fn has_image_extension(path: &Path) -> bool {
+    has_extension(path, IMAGE_EXTENSIONS)
+}
+
+/// Whether a file is taken for a video by its name (mp4, avi, mkv, webm, mov, m4v).
+pub fn has_video_extension(path: &Path) -> bool {
+    has_extension(path, VIDEO_EXTENSIONS)
 }
 
 fn is_hidden(name: &std::ffi::OsStr) -> bool {
@@ -66,6 +79,7 @@ pub struct Inputs {
     args: VecDeque<String>,
     stdin: Option<Box<dyn BufRead + Send>>,
     current: Option<Box<dyn Iterator<Item = InputEntry> + Send>>,
+    videos: bool,
 }
 
 impl Inputs {
@@ -75,7 +89,14 @@ impl Inputs {
             args: args.into(),
             stdin,
             current: None,
+            videos: false,
         }
+    }
+
+    /// Folder walks pick up video files too (for a run that decodes them into frames).
+    pub fn with_videos(mut self) -> Inputs {
+        self.videos = true;
+        self
     }
 
     fn expand(&mut self, arg: String) -> Box<dyn Iterator<Item = InputEntry> + Send> {
@@ -90,7 +111,7 @@ impl Inputs {
         }
         let path = PathBuf::from(&arg);
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => Box::new(walk_folder(path)),
+            Ok(meta) if meta.is_dir() => Box::new(walk_folder(path, self.videos)),
             Ok(_) => Box::new(std::iter::once(InputEntry::ok(path))),
             Err(_) if looks_like_glob(&arg) => Box::new(expand_glob(arg)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Box::new(std::iter::once(
@@ -131,7 +152,7 @@ fn stdin_lines(reader: Box<dyn BufRead + Send>) -> impl Iterator<Item = InputEnt
     })
 }
 
-fn walk_folder(root: PathBuf) -> impl Iterator<Item = InputEntry> + Send {
+fn walk_folder(root: PathBuf, videos: bool) -> impl Iterator<Item = InputEntry> + Send {
     let walker = walkdir::WalkDir::new(&root)
         .follow_links(true)
         .sort_by_file_name()
@@ -140,7 +161,10 @@ fn walk_folder(root: PathBuf) -> impl Iterator<Item = InputEntry> + Send {
     let mut found_any = false;
     let mut done = false;
     let mut entries = walker.filter_map(move |entry| match entry {
-        Ok(e) if e.file_type().is_file() && has_image_extension(e.path()) => {
+        Ok(e)
+            if e.file_type().is_file()
+                && (has_image_extension(e.path()) || videos && has_video_extension(e.path())) =>
+        {
             Some(InputEntry::ok(e.into_path()))
         }
         Ok(_) => None,
@@ -173,10 +197,18 @@ fn walk_folder(root: PathBuf) -> impl Iterator<Item = InputEntry> + Send {
                 (!found_any).then(|| {
                     InputEntry::failed(
                         root.clone(),
-                        format!(
-                            "folder holds no images (looked for .{})",
-                            IMAGE_EXTENSIONS.join(", .")
-                        ),
+                        if videos {
+                            format!(
+                                "folder holds no images or videos (looked for .{}, .{})",
+                                IMAGE_EXTENSIONS.join(", ."),
+                                VIDEO_EXTENSIONS.join(", .")
+                            )
+                        } else {
+                            format!(
+                                "folder holds no images (looked for .{})",
+                                IMAGE_EXTENSIONS.join(", .")
+                            )
+                        },
                     )
                 })
             }

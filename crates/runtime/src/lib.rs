@@ -8,6 +8,8 @@
 //!   model's input, what the cache stores, how a row becomes an answer).
 //! - [`pipeline`]: a bounded, ordered, streaming run over files ([`inputs`]) on the core.
 //! - [`adaptive`]: the online batching controller; [`metrics`]: what the core counts.
+//! - [`video`]: video files → frames (an ffmpeg child); [`reuse`]: the difference detector
+//!   that lets near-identical frames reuse an answer.
 //! - [`engine`]: engine choice and fallback; [`cost`]: the cost meter; [`tune`]: the search.
 
 pub mod adaptive;
@@ -18,13 +20,18 @@ pub mod engine;
 pub mod inputs;
 pub mod metrics;
 pub mod pipeline;
+pub mod reuse;
 pub mod service;
 pub mod task;
 pub mod tune;
+pub mod video;
 
 pub use engine::{ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine};
 pub use inputs::{InputEntry, Inputs};
-pub use pipeline::{AnswerSource, Classifier, ItemResult, PipelineConfig, RunStats};
+pub use pipeline::{
+    AnswerSource, Classifier, FrameInfo, FrameOptions, ItemResult, PipelineConfig, ReusedFrom,
+    RunStats,
+};
 pub use service::{
     Answer, BatchConfig, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket,
 };

@@ -32,10 +32,13 @@ use singlepoint_model::{Classification, DecodeLimits, Model};
 
 use crate::cputime::thread_cpu_time;
 use crate::detect::{DetectOptions, Detection};
-use crate::inputs::InputEntry;
+use crate::inputs::{has_video_extension, InputEntry};
 use crate::metrics::StageCpu;
+use crate::reuse::{Decision, ReuseGate, Thumbnail};
 use crate::service::{BatchConfig, ItemError, ItemInput, ModelService, Source, Ticket};
+use crate::task::Outputs;
 use crate::task::{self, ImageClassification, ObjectDetection, Task};
+use crate::video::{FrameReader, VideoOptions};
 use crate::RuntimeError;
 
 /// How the pipeline runs. Validated by [`PipelineConfig::validate`] before use.
@@ -109,6 +112,38 @@ pub struct ItemResult<T = Classification> {
     pub outcome: Result<T, ItemError>,
     /// Where the answer came from.
     pub source: AnswerSource,
+    /// For a frame of a video: which one, and where its answer came from.
+    pub frame: Option<FrameInfo>,
+}
+
+/// A video frame's place in its video.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FrameInfo {
+    /// Among the video's decoded frames, from 0.
+    pub index: u64,
+    /// Presentation time, seconds.
+    pub time: f64,
+    /// When the answer is an earlier frame's (reuse across near-identical frames).
+    pub reused: Option<ReusedFrom>,
+}
+
+/// The frame whose answer a reused frame carries.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReusedFrom {
+    pub index: u64,
+    pub time: f64,
+    /// How far apart the two frames' thumbnails are (mean absolute luma difference, 0–255).
+    pub difference: f32,
+}
+
+/// How a run takes video files: decoded into frames, sampled, and (opt-in) with reuse.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FrameOptions {
+    /// Keep about this many frames a second (`None`: every frame).
+    pub fps: Option<f64>,
+    /// Reuse the last computed answer while a frame differs from its frame by less than this
+    /// ([`crate::reuse`]); `None` runs the model on every frame.
+    pub reuse_threshold: Option<f32>,
 }
 
 /// How an answer was obtained.
@@ -120,6 +155,9 @@ pub enum AnswerSource {
     Cache,
     /// The same input was being computed for an earlier item; this one shared its outcome.
     Coalesced,
+    /// A video frame close enough to the last frame the model ran on in its video that that
+    /// frame's answer was reused ([`crate::reuse`], opt-in).
+    Reused,
     /// Never got as far as the model (a read or input error).
     Failed,
 }
@@ -136,6 +174,11 @@ pub struct RunStats {
     pub cache_hits: usize,
     /// Items that shared the computation of an identical earlier item.
     pub coalesced: usize,
+    /// Video frames among the items, and those answered by reuse.
+    pub frames: usize,
+    pub reused: usize,
+    /// CPU time of the difference detector (thumbnails and comparisons).
+    pub difference: Duration,
     /// CPU time computing content keys and consulting the cache.
     pub cache: Duration,
     pub read: Duration,
@@ -166,7 +209,26 @@ const FILL_DELAY: Duration = Duration::from_millis(10);
 struct Submitted {
     idx: usize,
     path: PathBuf,
-    ticket: Result<Ticket, ItemError>,
+    pending: Pending,
+    frame: Option<FrameInfo>,
+}
+
+enum Pending {
+    /// Submitted to the core (or failed before it).
+    Ticket(Result<Ticket, ItemError>),
+    /// A frame the model ran on: its answer is the reference for the frames that follow.
+    Reference(Result<Ticket, ItemError>),
+    /// A frame that reuses the last reference's answer.
+    Reuse,
+}
+
+/// What the producer measured.
+#[derive(Default)]
+struct Produced {
+    read: Duration,
+    /// The video decoders' CPU time (ffmpeg children).
+    decode: Duration,
+    difference: Duration,
 }
 
 impl Classifier {
@@ -224,17 +286,20 @@ impl Classifier {
         self.run_task(
             Arc::new(task),
             inputs,
+            None,
             move |outputs| Ok(task::answer(&model, task::row(outputs), top_k)),
             on_result,
         )
     }
 
     /// Detects objects in every entry of `inputs` with `options`, as [`Classifier::run`]
-    /// classifies them.
+    /// classifies them. Video files are decoded into frames ([`crate::video`]) as `frames`
+    /// says; each frame is one result, in order.
     pub fn detect(
         &self,
         inputs: impl Iterator<Item = InputEntry> + Send,
         options: DetectOptions,
+        frames: FrameOptions,
         on_result: impl FnMut(ItemResult<Vec<Detection>>) -> ControlFlow<()>,
     ) -> Result<RunStats, RuntimeError> {
         let task = ObjectDetection::new(self.model.clone(), self.config.limits)
@@ -252,10 +317,27 @@ impl Classifier {
                 field: "score/iou".into(),
                 reason,
             })?;
+        if let Some(fps) = frames.fps {
+            if !(fps.is_finite() && fps > 0.0) {
+                return Err(RuntimeError::Config {
+                    field: "fps".into(),
+                    reason: format!("must be a positive number of frames a second, not {fps}"),
+                });
+            }
+        }
+        if let Some(t) = frames.reuse_threshold {
+            if !(t.is_finite() && (0.0..=255.0).contains(&t)) {
+                return Err(RuntimeError::Config {
+                    field: "reuse-threshold".into(),
+                    reason: format!("must be a luma difference from 0 to 255, not {t}"),
+                });
+            }
+        }
         let model = self.model.clone();
         self.run_task(
             Arc::new(task),
             inputs,
+            Some(frames),
             move |outputs| Ok(crate::detect::detections(&model, outputs, &options)),
             on_result,
         )
@@ -278,6 +360,7 @@ impl Classifier {
         &self,
         task: Arc<dyn Task>,
         inputs: impl Iterator<Item = InputEntry> + Send,
+        frames: Option<FrameOptions>,
         to_answer: impl Fn(&[singlepoint_core::AnyTensor]) -> Result<T, ItemError>,
         mut on_result: impl FnMut(ItemResult<T>) -> ControlFlow<()>,
     ) -> Result<RunStats, RuntimeError> {
@@ -309,52 +392,97 @@ impl Classifier {
         std::thread::scope(|scope| {
             let service = &service;
             let producer = scope.spawn(move || {
-                let mut read = Duration::ZERO;
+                let mut produced = Produced::default();
                 // No deadline: a run waits for every answer.
                 let deadline = Instant::now() + Duration::from_secs(365 * 86_400);
                 for (idx, entry) in inputs.enumerate() {
+                    if let (Some(frames), None) = (frames, &entry.problem) {
+                        if has_video_extension(&entry.path) {
+                            let sent = submit_video(
+                                service,
+                                idx,
+                                entry.path,
+                                frames,
+                                max_pixels,
+                                deadline,
+                                &tx,
+                                &mut produced,
+                            );
+                            if sent.is_break() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                     let ticket = match &entry.problem {
                         Some(problem) => Err(ItemError::Input(problem.reason.clone())),
                         None => {
                             let t0 = thread_cpu_time();
                             let bytes = read_file(&entry.path, max_pixels);
-                            read += thread_cpu_time().saturating_sub(t0);
+                            produced.read += thread_cpu_time().saturating_sub(t0);
                             bytes.map(|b| service.submit(ItemInput::Image(b.into()), deadline))
                         }
                     };
                     let item = Submitted {
                         idx,
                         path: entry.path,
-                        ticket,
+                        pending: Pending::Ticket(ticket),
+                        frame: None,
                     };
                     if tx.send(item).is_err() {
                         break;
                     }
                 }
-                read
+                produced
             });
-            for Submitted { idx, path, ticket } in rx.iter() {
-                let answer = ticket.and_then(Ticket::wait_blocking);
-                let t0 = thread_cpu_time();
-                let (outcome, source) = match answer {
-                    Ok((outputs, source)) => (
-                        to_answer(&outputs),
-                        match source {
+            // The answer of the last frame the model ran on, for the frames that reuse it.
+            let mut reference: Option<Result<Outputs, ItemError>> = None;
+            for Submitted {
+                idx,
+                path,
+                pending,
+                frame,
+            } in rx.iter()
+            {
+                let from_core = |answer: Result<(Outputs, Source), ItemError>| {
+                    answer.map(|(outputs, source)| {
+                        let source = match source {
                             Source::Computed => AnswerSource::Computed,
                             Source::Cache => AnswerSource::Cache,
                             Source::Coalesced => AnswerSource::Coalesced,
-                        },
-                    ),
+                        };
+                        (outputs, source)
+                    })
+                };
+                let answer = match pending {
+                    Pending::Ticket(ticket) => from_core(ticket.and_then(Ticket::wait_blocking)),
+                    Pending::Reference(ticket) => {
+                        let answer = from_core(ticket.and_then(Ticket::wait_blocking));
+                        reference = Some(answer.clone().map(|(outputs, _)| outputs));
+                        answer
+                    }
+                    Pending::Reuse => match &reference {
+                        Some(Ok(outputs)) => Ok((outputs.clone(), AnswerSource::Reused)),
+                        Some(Err(e)) => Err(e.clone()),
+                        None => Err(ItemError::Input("no earlier frame to reuse".into())),
+                    },
+                };
+                let t0 = thread_cpu_time();
+                let (outcome, source) = match answer {
+                    Ok((outputs, source)) => (to_answer(&outputs), source),
                     Err(e) => (Err(e), AnswerSource::Failed),
                 };
                 stats.postprocess += thread_cpu_time().saturating_sub(t0);
                 stats.items += 1;
                 stats.failed += usize::from(outcome.is_err());
+                stats.frames += usize::from(frame.is_some());
+                stats.reused += usize::from(source == AnswerSource::Reused);
                 let result = ItemResult {
                     idx,
                     path,
                     outcome,
                     source,
+                    frame,
                 };
                 if on_result(result).is_break() {
                     break;
@@ -362,7 +490,10 @@ impl Classifier {
             }
             // Stops the producer whether we finished or stopped early.
             drop(rx);
-            stats.read = producer.join().unwrap_or_default();
+            let produced = producer.join().unwrap_or_default();
+            stats.read = produced.read;
+            stats.difference = produced.difference;
+            stats.decode += produced.decode;
         });
         service.shutdown();
         stats.wall = started.elapsed();
@@ -375,13 +506,116 @@ impl Classifier {
         stats.cache_hits = load(&m.cache_hits);
         stats.coalesced = load(&m.coalesced);
         stats.cache = StageCpu::get(&m.cpu.key_cache);
-        stats.decode = StageCpu::get(&m.cpu.decode);
+        stats.decode += StageCpu::get(&m.cpu.decode);
         stats.preprocess = StageCpu::get(&m.cpu.preprocess);
         stats.inference = StageCpu::get(&m.cpu.inference);
         stats.postprocess += StageCpu::get(&m.cpu.postprocess);
         stats.batch_walls = service.batches();
         Ok(stats)
     }
+}
+
+/// Decodes the video at `path` into frames and submits each (or, with reuse, decides that it
+/// reuses the last computed frame's answer); a video that cannot be read, or stops early, is
+/// one failed result after the frames it gave. `Break` when the caller stopped listening.
+#[allow(clippy::too_many_arguments)]
+fn submit_video(
+    service: &ModelService,
+    idx: usize,
+    path: PathBuf,
+    frames: FrameOptions,
+    max_pixels: u64,
+    deadline: Instant,
+    tx: &crossbeam_channel::Sender<Submitted>,
+    produced: &mut Produced,
+) -> ControlFlow<()> {
+    let send = |pending: Pending, frame: Option<FrameInfo>| {
+        let item = Submitted {
+            idx,
+            path: path.clone(),
+            pending,
+            frame,
+        };
+        if tx.send(item).is_err() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    };
+    let options = VideoOptions {
+        fps: frames.fps,
+        max_pixels,
+    };
+    let t0 = thread_cpu_time();
+    let reader = FrameReader::open(&path, options);
+    produced.read += thread_cpu_time().saturating_sub(t0);
+    let mut reader = match reader {
+        Ok(reader) => reader,
+        Err(e) => return send(Pending::Ticket(Err(ItemError::Input(e.to_string()))), None),
+    };
+    let mut gate = frames.reuse_threshold.map(ReuseGate::new);
+    // (index, time) of each frame the gate has seen, by its count, for naming references.
+    let mut seen: Vec<(u64, f64)> = Vec::new();
+    loop {
+        let t0 = thread_cpu_time();
+        let next = reader.next();
+        produced.read += thread_cpu_time().saturating_sub(t0);
+        let frame = match next {
+            None => break,
+            Some(Err(e)) => {
+                send(Pending::Ticket(Err(ItemError::Input(e.to_string()))), None)?;
+                break;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let mut info = FrameInfo {
+            index: frame.index,
+            time: frame.time,
+            reused: None,
+        };
+        let decision = gate.as_mut().map(|gate| {
+            let t0 = thread_cpu_time();
+            let (w, h) = (frame.image.width as usize, frame.image.height as usize);
+            let decision = gate.decide(Thumbnail::of(&frame.image.pixels, w, h));
+            produced.difference += thread_cpu_time().saturating_sub(t0);
+            seen.push((frame.index, frame.time));
+            decision
+        });
+        let pending = match decision {
+            Some(Decision::Reuse {
+                reference,
+                difference,
+                ..
+            }) => {
+                let (index, time) = seen[reference as usize];
+                info.reused = Some(ReusedFrom {
+                    index,
+                    time,
+                    difference,
+                });
+                Pending::Reuse
+            }
+            run => {
+                let image = frame.image;
+                let ticket = Ok(service.submit(
+                    ItemInput::Pixels {
+                        width: image.width,
+                        height: image.height,
+                        rgb: image.pixels.into(),
+                    },
+                    deadline,
+                ));
+                if run.is_some() {
+                    Pending::Reference(ticket)
+                } else {
+                    Pending::Ticket(ticket)
+                }
+            }
+        };
+        send(pending, Some(info))?;
+    }
+    produced.decode += reader.child_cpu();
+    ControlFlow::Continue(())
 }
 
 /// Reads a whole file, refusing files so large that no image within the pixel limit could

@@ -385,6 +385,11 @@ impl ModelService {
         let encoding = shared.task.entry_encoding(&input);
         let key = match &input {
             ItemInput::Image(bytes) => CacheKey::new(&shared.model.digest, encoding, bytes),
+            ItemInput::Pixels { width, height, rgb } => CacheKey::from_parts(
+                &shared.model.digest,
+                encoding,
+                &[&width.to_le_bytes(), &height.to_le_bytes(), rgb],
+            ),
             ItemInput::Tensor(data) => {
                 let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
                 CacheKey::new(&shared.model.digest, encoding, &bytes)
@@ -451,7 +456,7 @@ impl ModelService {
         }
         let now = Instant::now();
         // Tensors need no decoding: the instance that takes them prepares them in passing.
-        let to_pool = matches!(input, ItemInput::Image(_));
+        let to_pool = matches!(input, ItemInput::Image(_) | ItemInput::Pixels { .. });
         let work = Work::Raw(input);
         let job = Job {
             key,

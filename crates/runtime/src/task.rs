@@ -40,6 +40,7 @@ pub trait Task: Send + Sync {
     fn entry_encoding(&self, input: &ItemInput) -> &'static [u8] {
         match input {
             ItemInput::Image(_) => ENTRY_IMAGE,
+            ItemInput::Pixels { .. } => ENTRY_PIXELS,
             ItemInput::Tensor(_) => ENTRY_ROW,
             ItemInput::Tensors(_) => ENTRY_TENSORS,
         }
@@ -100,6 +101,7 @@ pub struct PrepareTimes {
 
 /// The cached entries' encoding ([`encode_outputs`]), per kind of input.
 const ENTRY_IMAGE: &[u8] = b"outputs-v1;input=encoded-image";
+const ENTRY_PIXELS: &[u8] = b"outputs-v1;input=rgb8-pixels";
 const ENTRY_ROW: &[u8] = b"outputs-v1;input=tensor-f32le";
 const ENTRY_TENSORS: &[u8] = b"outputs-v1;input=tensors";
 
@@ -183,53 +185,21 @@ impl ImagePreparer {
     }
 }
 
-impl Prepare for ImagePreparer {
-    fn prepare(
+impl ImagePreparer {
+    /// Preprocesses a decoded image whose upright full-resolution size is `size`.
+    fn preprocess(
         &mut self,
-        input: ItemInput,
+        image: &singlepoint_model::RgbImage,
+        (width, height): (u32, u32),
         times: &mut PrepareTimes,
     ) -> Result<Prepared, ItemError> {
         let preprocess = &self.image.preprocess;
         let shape = preprocess.item_shape().to_vec();
-        let len: usize = shape.iter().product();
-        let tensor = |data: Vec<f32>| {
-            AnyTensor::new(shape.clone(), Buffer::F32(data))
-                .map_err(|e| ItemError::Input(e.to_string()))
-        };
-        let bytes = match input {
-            ItemInput::Image(bytes) => bytes,
-            ItemInput::Tensor(row) => {
-                if row.len() != len {
-                    return Err(ItemError::Input(format!(
-                        "a tensor row of {} values, the model takes {len}",
-                        row.len(),
-                    )));
-                }
-                return Ok(vec![tensor(row)?].into());
-            }
-            ItemInput::Tensors(_) => {
-                return Err(ItemError::Input(
-                    "an image model takes encoded images or its preprocessed input row".into(),
-                ))
-            }
-        };
-        let mut out = vec![0.0f32; len];
+        let mut out = vec![0.0f32; shape.iter().product()];
         let t0 = thread_cpu_time();
-        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            decode_rgb(
-                &bytes,
-                &self.limits,
-                Some(preprocess.min_source_short_side()),
-            )
-        }));
-        let t1 = thread_cpu_time();
-        times.decode += t1.saturating_sub(t0);
-        let (image, info) =
-            decoded.map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))??;
-        let (width, height) = full_size(&image, &info);
         let prepared =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.preprocessor.run(&image, &mut out)));
-        times.preprocess += thread_cpu_time().saturating_sub(t1);
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.preprocessor.run(image, &mut out)));
+        times.preprocess += thread_cpu_time().saturating_sub(t0);
         let size = AnyTensor::new(
             vec![2],
             Buffer::I64(vec![i64::from(width), i64::from(height)]),
@@ -237,7 +207,8 @@ impl Prepare for ImagePreparer {
         .map_err(|e| ItemError::Input(e.to_string()))?;
         match prepared {
             Ok(Ok(())) => Ok(Prepared {
-                inputs: vec![tensor(out)?],
+                inputs: vec![AnyTensor::new(shape, Buffer::F32(out))
+                    .map_err(|e| ItemError::Input(e.to_string()))?],
                 context: vec![size],
             }),
             Ok(Err(e)) => Err(ItemError::Preprocess(e.to_string())),
@@ -247,6 +218,70 @@ impl Prepare for ImagePreparer {
                 Err(ItemError::DecoderPanic(panic_message(&panic)))
             }
         }
+    }
+}
+
+impl Prepare for ImagePreparer {
+    fn prepare(
+        &mut self,
+        input: ItemInput,
+        times: &mut PrepareTimes,
+    ) -> Result<Prepared, ItemError> {
+        let preprocess = &self.image.preprocess;
+        let shape = preprocess.item_shape().to_vec();
+        let len: usize = shape.iter().product();
+        let bytes = match input {
+            ItemInput::Image(bytes) => bytes,
+            ItemInput::Pixels { width, height, rgb } => {
+                if rgb.len() != width as usize * height as usize * 3 {
+                    return Err(ItemError::Input(format!(
+                        "{} bytes of pixels for a {width}×{height} RGB image",
+                        rgb.len()
+                    )));
+                }
+                if u64::from(width) * u64::from(height) > self.limits.max_pixels {
+                    return Err(ItemError::Input(format!(
+                        "{width}×{height} is more pixels than the limit ({})",
+                        self.limits.max_pixels
+                    )));
+                }
+                let image = singlepoint_model::RgbImage {
+                    width,
+                    height,
+                    pixels: Vec::from(rgb),
+                };
+                return self.preprocess(&image, (width, height), times);
+            }
+            ItemInput::Tensor(row) => {
+                if row.len() != len {
+                    return Err(ItemError::Input(format!(
+                        "a tensor row of {} values, the model takes {len}",
+                        row.len(),
+                    )));
+                }
+                let tensor = AnyTensor::new(shape, Buffer::F32(row))
+                    .map_err(|e| ItemError::Input(e.to_string()))?;
+                return Ok(vec![tensor].into());
+            }
+            ItemInput::Tensors(_) => {
+                return Err(ItemError::Input(
+                    "an image model takes encoded images or its preprocessed input row".into(),
+                ))
+            }
+        };
+        let t0 = thread_cpu_time();
+        let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decode_rgb(
+                &bytes,
+                &self.limits,
+                Some(preprocess.min_source_short_side()),
+            )
+        }));
+        times.decode += thread_cpu_time().saturating_sub(t0);
+        let (image, info) =
+            decoded.map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))??;
+        let size = full_size(&image, &info);
+        self.preprocess(&image, size, times)
     }
 }
 
@@ -308,9 +343,9 @@ impl Prepare for TensorPreparer {
     ) -> Result<Prepared, ItemError> {
         match input {
             ItemInput::Tensors(tensors) => Ok(tensors.into()),
-            ItemInput::Image(_) | ItemInput::Tensor(_) => Err(ItemError::Input(
-                "a tensor model takes its inputs as tensors, not images".into(),
-            )),
+            ItemInput::Image(_) | ItemInput::Pixels { .. } | ItemInput::Tensor(_) => Err(
+                ItemError::Input("a tensor model takes its inputs as tensors, not images".into()),
+            ),
         }
     }
 }

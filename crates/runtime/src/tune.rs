@@ -523,6 +523,16 @@ pub fn pareto_front(trials: &[Trial]) -> Vec<Candidate> {
         .collect()
 }
 
+/// An SVG document's opening, white, with the x and y axes of a plot `w` × `h` with margin `m`
+/// (the caller closes it with `</svg>`).
+pub fn svg_axes(w: f64, h: f64, m: f64) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<line x1=\"{m}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{0}\" stroke=\"black\"/>\n",
+        h - m,
+        w - m
+    )
+}
+
 /// The latency–throughput plane with each trial's f as its colour, the Pareto front joined and
 /// the chosen candidate ringed; an SVG document.
 pub fn pareto_svg(trials: &[Trial], best: Option<Candidate>, default: Candidate) -> String {
@@ -536,14 +546,7 @@ pub fn pareto_svg(trials: &[Trial], best: Option<Candidate>, default: Candidate)
     let fmax = fs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let px = |x: f64| m + x / xmax * (w - 2.0 * m);
     let py = |y: f64| h - m - y / ymax * (h - 2.0 * m);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    s += &format!(
-        "<line x1=\"{m}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{0}\" stroke=\"black\"/>\n",
-        h - m,
-        w - m
-    );
+    let mut s = svg_axes(w, h, m);
     for i in 0..=4 {
         let x = xmax * i as f64 / 4.0;
         let y = ymax * i as f64 / 4.0;

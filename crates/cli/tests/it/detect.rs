@@ -1,5 +1,6 @@
 //! `singlepoint detect` as a user runs it: text and JSON output, class filters, cached
-//! candidates answering another threshold, and the errors that name what is wrong.
+//! candidates answering another threshold, videos frame by frame with reuse, and the errors
+//! that name what is wrong.
 
 use serde_json::Value;
 
@@ -81,6 +82,14 @@ fn detect_and_classify_refuse_each_others_models_and_absurd_thresholds() {
             &["detect", "--classes", "unicorn", MESSI],
             "`unicorn` is not one of",
         ),
+        (
+            &["detect", "--fps", "0", MESSI],
+            "`--fps` must be a positive",
+        ),
+        (
+            &["detect", "--reuse-threshold=-1", MESSI],
+            "`--reuse-threshold` must be a luma difference",
+        ),
     ];
     for (args, expected) in cases {
         let out = singlepoint(args, None);
@@ -107,12 +116,16 @@ fn csv_and_coco_results_carry_the_same_boxes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let csv = text(&out.stdout);
     let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows[0], "index,path,class,label,score,x1,y1,x2,y2,error");
+    assert_eq!(
+        rows[0],
+        "index,path,frame,time,class,label,score,x1,y1,x2,y2,source,error"
+    );
     assert!(
-        rows[1].starts_with("0,tests/data/detection/opencv_messi5.jpg,32,sports ball,0.79"),
+        rows[1].starts_with("0,tests/data/detection/opencv_messi5.jpg,,,32,sports ball,0.79"),
         "{csv}"
     );
-    assert_eq!(rows[1].split(',').count(), 10, "{csv}");
+    assert_eq!(rows[1].split(',').count(), 13, "{csv}");
+    assert!(rows[1].ends_with(",computed,"), "{csv}");
     assert!(
         rows.last().unwrap().starts_with("1,photos/coffee.png,"),
         "{csv}"
@@ -136,4 +149,189 @@ fn csv_and_coco_results_carry_the_same_boxes() {
         "{bbox:?}"
     );
     assert_eq!(coco.as_array().unwrap().len(), 5);
+}
+
+const BIKES: &str = "tests/data/video/bikes.mp4";
+
+/// Videos are read frame by frame (sampled with `--fps`, each frame with its time); a file
+/// that is not a video, a truncated video and a file without a video stream each fail alone
+/// with what is wrong, after whatever frames they gave, and the inputs after them go on.
+#[test]
+fn detect_reads_videos_frame_by_frame_and_bad_videos_fail_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_video = dir.path().join("notes.mp4");
+    std::fs::write(&not_video, "these are my notes, not a video\n").unwrap();
+    // A 40-frame AVI cut to 60 % of its bytes: its header still declares 40 frames.
+    let clip = dir.path().join("clip.avi");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-i",
+            BIKES,
+            "-frames:v",
+            "40",
+            "-c:v",
+            "mpeg4",
+            "-q:v",
+            "4",
+        ])
+        .arg(&clip)
+        .current_dir(super::repo())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&clip).unwrap();
+    let truncated = dir.path().join("truncated.avi");
+    std::fs::write(&truncated, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    let args = [
+        "detect",
+        "--fps",
+        "5",
+        "--format",
+        "jsonl",
+        BIKES,
+        not_video.to_str().unwrap(),
+        truncated.to_str().unwrap(),
+        "tests/data/video/audio-only.mp4",
+        MESSI,
+    ];
+    let out = singlepoint(&args, None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |idx: u64| lines.iter().filter(move |l| l["index"] == idx);
+    let bikes: Vec<&Value> = of(0).collect();
+    assert_eq!(bikes.len(), 50, "5 a second of 10 s");
+    assert_eq!(
+        (bikes[1]["frame"].as_u64(), bikes[1]["time"].as_f64()),
+        (Some(5), Some(0.2))
+    );
+    assert!(bikes
+        .iter()
+        .all(|b| b["detections"].is_array() && b["source"] == "computed"));
+    let error_of = |idx: u64| {
+        of(idx)
+            .find_map(|l| l["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| panic!("no error for input {idx}: {lines:?}"))
+    };
+    assert!(
+        error_of(1).contains("not a video ffmpeg can read"),
+        "{}",
+        error_of(1)
+    );
+    let cut_frames = of(2).filter(|l| l["frame"].is_u64()).count();
+    assert!(
+        (1..40).contains(&cut_frames),
+        "{cut_frames} frames of the truncated video"
+    );
+    assert!(
+        error_of(2).contains("truncated or damaged"),
+        "{}",
+        error_of(2)
+    );
+    assert!(
+        error_of(2).contains("of 40 frames decoded"),
+        "{}",
+        error_of(2)
+    );
+    assert!(error_of(3).contains("no video stream"), "{}", error_of(3));
+    let messi: Vec<&Value> = of(4).collect();
+    assert_eq!(messi.len(), 1);
+    assert!(messi[0]["detections"].as_array().unwrap().len() >= 3);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("3 failed"), "{stderr}");
+}
+
+/// `--reuse` marks reused frames in text output and in the summary.
+#[test]
+fn reuse_is_marked_in_every_format() {
+    let out = singlepoint(&["detect", BIKES, "--reuse-threshold", "12"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 250);
+    assert!(stdout.starts_with("Video 0 frame 0 0.000s: "), "{stdout}");
+    let reused = stdout
+        .lines()
+        .filter(|l| l.contains("(reused from frame "))
+        .count();
+    assert!(reused > 25, "{reused} reused");
+    assert!(
+        text(&out.stderr).contains(&format!("{reused} reused")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = singlepoint(
+        &[
+            "detect",
+            BIKES,
+            "--reuse-threshold",
+            "12",
+            "--format",
+            "jsonl",
+            "--fps",
+            "25",
+        ],
+        None,
+    );
+    let json: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let marked: Vec<&Value> = json.iter().filter(|l| l["source"] == "reused").collect();
+    assert_eq!(marked.len(), reused);
+    let from = &marked[0]["reused_from"];
+    assert!(
+        from["frame"].as_u64() < marked[0]["frame"].as_u64(),
+        "{from}"
+    );
+    assert!(from["age_frames"].as_u64() >= Some(1) && from["age_s"].as_f64() > Some(0.0));
+}
+
+/// `tune --reuse` runs the detector on every frame, replays the gate at each threshold and
+/// chooses the one with the fewest runs at the agreement floor; the curve is written as JSON
+/// and SVG.
+#[test]
+fn tune_reuse_chooses_a_threshold_at_the_agreement_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("reuse.json");
+    let run = singlepoint(
+        &[
+            "tune",
+            "--reuse",
+            BIKES,
+            "--max-frames",
+            "30",
+            "--min-agreement",
+            "0.9",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let curve = report["curve"].as_array().unwrap();
+    assert_eq!(curve[0]["threshold"], 0.0);
+    assert_eq!(
+        (curve[0]["runs"].as_u64(), curve[0]["frames"].as_u64()),
+        (Some(30), Some(30))
+    );
+    assert_eq!(curve[0]["agreement"], 1.0);
+    let chosen = &report["chosen"];
+    assert!(chosen["agreement"].as_f64().unwrap() >= 0.9);
+    assert_eq!(report["reuse_threshold"], chosen["threshold"]);
+    // Fewest runs at the floor: no point with fewer runs reaches it.
+    let runs = chosen["runs"].as_u64().unwrap();
+    assert!(curve
+        .iter()
+        .filter(|p| p["runs"].as_u64().unwrap() < runs)
+        .all(|p| p["agreement"].as_f64().unwrap() < 0.9));
+    assert!(text(&run.stderr).contains("chosen: --reuse-threshold"));
+    let svg = std::fs::read_to_string(out.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("model runs"));
+    let refused = singlepoint(&["tune", "--reuse", "--min-agreement", "2", BIKES], None);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
 }

