@@ -22,6 +22,7 @@ use singlepoint_runtime::{
 };
 
 use crate::cache_args::CacheArgs;
+use crate::draw::{Drawer, VideoDrawing};
 
 #[derive(Args)]
 pub struct DetectArgs {
@@ -55,6 +56,11 @@ pub struct DetectArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = DetectFormat::Text)]
     format: DetectFormat,
+
+    /// Also write every input with its boxes and labels drawn into this folder: images as
+    /// PNG, videos as H.264 MP4 (the frames detected, at `--fps` or the video's rate)
+    #[arg(long, value_name = "DIR")]
+    draw: Option<PathBuf>,
 
     /// Videos: keep about this many frames a second (the first frame at or after each step;
     /// default: every frame)
@@ -260,6 +266,16 @@ fn text_line(found: &[Detection]) -> String {
         .join(", ")
 }
 
+fn finish_video(video: Option<VideoDrawing>, drawn: &mut usize) {
+    if let Some(v) = video {
+        let input = v.input.clone();
+        match v.finish() {
+            Ok(_) => *drawn += 1,
+            Err(e) => eprintln!("warning: cannot draw `{}`: {e}", input.display()),
+        }
+    }
+}
+
 fn per_item(cpu: std::time::Duration, items: usize) -> f64 {
     cpu.as_secs_f64() * 1000.0 / items.max(1) as f64
 }
@@ -364,8 +380,41 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let coco_ids = is_coco_80(&model);
+    let mut drawer = args.draw.as_deref().map(Drawer::new).transpose()?;
+    let mut video_drawing: Option<VideoDrawing> = None;
+    let mut drawn = 0usize;
+    let limits = DecodeLimits {
+        max_pixels: args.max_pixels,
+    };
     let stats = detector.detect(inputs, options, frames, |result| {
         use std::io::Write;
+        if let (Some(drawer), Ok(found)) = (drawer.as_mut(), &result.outcome) {
+            // A video's annotated copy closes when its last frame has been drawn.
+            if video_drawing.as_ref().is_some_and(|v| v.idx != result.idx) {
+                finish_video(video_drawing.take(), &mut drawn);
+            }
+            match &result.frame {
+                None => match drawer.image(&result.path, result.idx, found, &limits) {
+                    Ok(_) => drawn += 1,
+                    Err(e) => eprintln!("warning: cannot draw `{}`: {e}", result.path.display()),
+                },
+                Some(frame) => {
+                    if video_drawing.is_none() {
+                        let target = drawer.target(&result.path, result.idx, "mp4");
+                        match VideoDrawing::start(&result.path, result.idx, target, args.fps, args.max_pixels) {
+                            Ok(v) => video_drawing = Some(v),
+                            Err(e) => eprintln!("warning: cannot draw `{}`: {e}", result.path.display()),
+                        }
+                    }
+                    if let Some(v) = video_drawing.as_mut() {
+                        if let Err(e) = v.frame(frame.index, found) {
+                            eprintln!("warning: cannot draw `{}`: {e}", result.path.display());
+                            video_drawing = None;
+                        }
+                    }
+                }
+            }
+        }
         let written = match args.format {
             DetectFormat::Text => match &result.outcome {
                 Ok(found) => {
@@ -441,8 +490,12 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    finish_video(video_drawing.take(), &mut drawn);
     if let Some(e) = write_error {
         return Err(e).context("cannot write results");
+    }
+    if let (Some(dir), false) = (&args.draw, args.quiet) {
+        eprintln!("drew {drawn} pictures and videos into {}", dir.display());
     }
     if !args.quiet {
         let what = if stats.frames > 0 {

@@ -5,6 +5,7 @@
 mod cache_args;
 mod classify;
 mod detect;
+mod draw;
 mod init;
 mod output;
 mod serve;

@@ -335,3 +335,80 @@ fn tune_reuse_chooses_a_threshold_at_the_agreement_floor() {
     let refused = singlepoint(&["tune", "--reuse", "--min-agreement", "2", BIKES], None);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
 }
+
+/// `--draw DIR` writes each image with its boxes (PNG, same size, untouched away from the
+/// boxes, each box's edge in its class's colour) and each video as an annotated MP4 of the
+/// frames detected.
+#[test]
+fn draw_writes_pictures_with_the_boxes_where_the_detections_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let drawn = dir.path().join("drawn");
+    let out = singlepoint(
+        &[
+            "detect",
+            MESSI,
+            BIKES,
+            "--fps",
+            "2",
+            "--format",
+            "jsonl",
+            "--draw",
+            drawn.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let first: Value = serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    let picture = image::open(drawn.join("opencv_messi5.png"))
+        .unwrap()
+        .to_rgb8();
+    let source = image::open(super::repo().join(MESSI)).unwrap().to_rgb8();
+    assert_eq!(picture.dimensions(), source.dimensions());
+    // The strongest box is drawn last: its left edge is its colour (sports ball, class 32,
+    // the palette's third colour, #228833).
+    let best = &first["detections"][0];
+    assert_eq!(best["label"], "sports ball");
+    let b: Vec<f64> = best["box"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let (x, y) = (b[0].round() as u32, ((b[1] + b[3]) / 2.0) as u32);
+    assert_eq!(
+        picture.get_pixel(x, y).0,
+        [0x22, 0x88, 0x33],
+        "left edge at ({x}, {y})"
+    );
+    // Inside the ball's box, and far from every box, the photo is as it was.
+    let inside = (((b[0] + b[2]) / 2.0) as u32, ((b[1] + b[3]) / 2.0) as u32);
+    assert_eq!(
+        picture.get_pixel(inside.0, inside.1),
+        source.get_pixel(inside.0, inside.1)
+    );
+    assert_eq!(picture.get_pixel(5, 335), source.get_pixel(5, 335));
+    let changed = picture
+        .pixels()
+        .zip(source.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    let total = (picture.width() * picture.height()) as usize;
+    assert!(
+        changed > 500 && changed < total / 4,
+        "{changed} of {total} pixels changed"
+    );
+    let probe = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+        ])
+        .args(["-of", "csv=p=0"])
+        .arg(drawn.join("bikes.mp4"))
+        .output()
+        .unwrap();
+    assert_eq!(text(&probe.stdout).trim(), "640,272,20");
+    assert!(text(&out.stderr).contains("drew 2 pictures and videos"));
+}
