@@ -11,6 +11,13 @@ fixed seed, so rerunning writes the same bytes).
   carries besides float32 (float16, int32, int8, uint8, bool), each output a simple function of
   its input, plus `total` float32 [batch, 1].
 
+- tests/models/quadrants-yolov8/: an object detector in the YOLOv5/v8 output layout, one
+  output [batch, 4 + classes, N]. Its four candidates are the quadrants of its 64 x 64 input
+  (cx, cy, w, h in input pixels); each quadrant's score for `red` is its mean of R - (G + B)/2
+  and for `blue` of B - (R + G)/2 (pixels scaled to 0..1), clipped to 0..1. So a red square
+  covering half a quadrant scores 0.5: what it detects follows from the picture by hand.
+  With model.json (letterbox 64 x 64, pad 114) and labels.txt.
+
 Usage: python3 scripts/make_test_models.py   (needs `pip install onnx numpy`)
 """
 import os
@@ -30,6 +37,73 @@ def save(model, rel):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     onnx.save(model, path)
     print(f"wrote {rel} ({os.path.getsize(path)} bytes)")
+
+
+def quadrants_yolov8():
+    # [B, 3, 64, 64] -> quadrant means [B, 3, 2, 2] -> colour excess [B, 2, 2, 2] -> [B, 2, 4]
+    colour = np.array([[1.0, -0.5, -0.5], [-0.5, -0.5, 1.0]], np.float32).reshape(2, 3, 1, 1)
+    # Rows cx, cy, w, h; columns the quadrants in row-major order (TL, TR, BL, BR).
+    boxes = np.array([[16, 48, 16, 48], [16, 16, 48, 48], [32] * 4, [32] * 4], np.float32)
+    nodes = [
+        helper.make_node("AveragePool", ["images"], ["means"], kernel_shape=[32, 32], strides=[32, 32]),
+        helper.make_node("Conv", ["means", "colour"], ["excess"]),
+        helper.make_node("Clip", ["excess", "zero", "one"], ["clipped"]),
+        helper.make_node("Reshape", ["clipped", "score_shape"], ["scores"]),  # [B, 2, 4]
+        # The boxes, broadcast to the batch: 0 x the first class row + the constant rows.
+        helper.make_node("Slice", ["scores", "start", "end", "axis1"], ["first"]),  # [B, 1, 4]
+        helper.make_node("Mul", ["first", "zero"], ["nothing"]),
+        helper.make_node("Add", ["nothing", "boxes"], ["batch_boxes"]),  # [B, 4, 4]
+        helper.make_node("Concat", ["batch_boxes", "scores"], ["output0"], axis=1),  # [B, 6, 4]
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "quadrants-yolov8",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 6, 4])],
+        [
+            numpy_helper.from_array(colour, "colour"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+            numpy_helper.from_array(np.array([-1, 2, 4], np.int64), "score_shape"),
+            numpy_helper.from_array(np.array([0], np.int64), "start"),
+            numpy_helper.from_array(np.array([1], np.int64), "end"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(boxes[None], "boxes"),
+        ],
+    )
+    save(helper.make_model(graph, opset_imports=OPSET, producer_name="singlepoint-tests"),
+         "tests/models/quadrants-yolov8/model.onnx")
+    folder = os.path.join(root, "tests/models/quadrants-yolov8")
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
+        f.write("red\nblue\n")
+    manifest = {
+        "name": "quadrants-yolov8",
+        "version": "1",
+        "task": "object-detection",
+        "onnx": "model.onnx",
+        "inputs": [{"name": "images", "dtype": "float32", "shape": [-1, 3, 64, 64]}],
+        "outputs": [{"name": "output0", "dtype": "float32", "shape": [-1, 6, 4]}],
+        "preprocess": {
+            "color": "rgb",
+            "resize": {"letterbox": [64, 64], "pad": 114, "filter": "bilinear"},
+            "scale": 1.0,
+            "mean": [0.0, 0.0, 0.0],
+            "std": [255.0, 255.0, 255.0],
+            "layout": "nchw",
+        },
+        "detection": {
+            "layout": "yolov8",
+            "score_threshold": 0.25,
+            "iou_threshold": 0.45,
+            "max_detections": 10,
+            "min_score": 0.05,
+        },
+        "labels": "labels.txt",
+    }
+    import json
+    with open(os.path.join(folder, "model.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
 
 
 def token_pool():
@@ -109,3 +183,4 @@ def dtypes():
 if __name__ == "__main__":
     token_pool()
     dtypes()
+    quadrants_yolov8()

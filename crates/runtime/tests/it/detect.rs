@@ -275,3 +275,56 @@ fn reuse_never_crosses_a_scene_cut() {
         "only {reused} of 250 frames reused at a lax threshold"
     );
 }
+
+/// The YOLOv5/v8 output layout (one output [B, 4 + C, N]) on the quadrant detector made by
+/// scripts/make_test_models.py, whose answer follows from the picture: a red block covering
+/// half the letterboxed top-left quadrant scores 0.5 there, a blue one filling the
+/// bottom-right quadrant 1.0, and boxes map back through the letterbox to source pixels.
+#[test]
+fn the_yolov8_layout_detects_what_the_picture_holds() {
+    let model = Arc::new(Model::load(&repo().join("tests/models/quadrants-yolov8")).unwrap());
+    let detector = detector_on_ort(model.clone(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    // 128 × 64, red over x 0..64, y 0..32: letterboxed to 64 × 32 at dy = 16, the block
+    // covers half the top-left quadrant (x 0..32, y 0..32 of the input).
+    let mut wide = image::RgbImage::from_pixel(128, 64, image::Rgb([128, 128, 128]));
+    for (x, y, p) in wide.enumerate_pixels_mut() {
+        if x < 64 && y < 32 {
+            *p = image::Rgb([255, 0, 0]);
+        }
+    }
+    // 64 × 64, blue over the bottom-right quarter.
+    let mut square = image::RgbImage::from_pixel(64, 64, image::Rgb([128, 128, 128]));
+    for (x, y, p) in square.enumerate_pixels_mut() {
+        if x >= 32 && y >= 32 {
+            *p = image::Rgb([0, 0, 255]);
+        }
+    }
+    let paths = [dir.path().join("wide.png"), dir.path().join("square.png")];
+    wide.save(&paths[0]).unwrap();
+    square.save(&paths[1]).unwrap();
+    let spec = model.manifest.image.as_ref().unwrap().detection.unwrap();
+    let mut found = Vec::new();
+    detector
+        .detect(
+            Inputs::new(paths.iter().map(|p| p.display().to_string()).collect(), None),
+            DetectOptions::defaults(&spec),
+            FrameOptions::default(),
+            |r| {
+                found.push(r.outcome.unwrap());
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap();
+    assert_eq!(found[0].len(), 1, "{:?}", found[0]);
+    let red = &found[0][0];
+    assert_eq!(red.label.as_deref(), Some("red"));
+    assert!((red.score - 0.5).abs() < 0.03, "{red:?}");
+    // Input box (0, 0, 32, 32) → source (0, -32, 64, 32), clipped.
+    assert_eq!(red.bbox, [0.0, 0.0, 64.0, 32.0]);
+    assert_eq!(found[1].len(), 1, "{:?}", found[1]);
+    let blue = &found[1][0];
+    assert_eq!((blue.class, blue.label.as_deref()), (1, Some("blue")));
+    assert!(blue.score > 0.97, "{blue:?}");
+    assert_eq!(blue.bbox, [32.0, 32.0, 64.0, 64.0]);
+}
