@@ -1,6 +1,7 @@
 //! Open Inference Protocol requests, JSON and binary framing: any body is parsed into items
 //! that fit the model's input, or refused with a message; the same body against a tensor
-//! model's two variable-length inputs gives items whose named axes agree, within the maximum.
+//! model's two variable-length inputs gives items whose named axes agree, within the maximum;
+//! to a detector, items and only the detection outputs.
 #![no_main]
 
 use bytes::Bytes;
@@ -24,6 +25,17 @@ fuzz_target!(|data: &[u8]| {
     let output = TensorSpec::new("logits", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(10)]);
     let body = Bytes::copy_from_slice(body);
     tensor_model(&body, header_len);
+    // The same body to a detector: images or rows in, only the detection outputs, and
+    // parameters that are numbers and names.
+    if let Ok(detect) = oip::parse_detect_request(&body, header_len, &input) {
+        assert!(!detect.request.items.is_empty());
+        assert!(detect
+            .request
+            .outputs
+            .iter()
+            .all(|o| oip::DETECT_OUTPUTS.iter().any(|(n, _)| *n == o.name)));
+        assert!(detect.max_detections.is_none_or(|m| m >= 1));
+    }
     let Ok(request) = oip::parse_request(&body, header_len, &input, &output, 10) else {
         return;
     };

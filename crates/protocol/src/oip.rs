@@ -97,6 +97,146 @@ struct Framed {
     inputs: Vec<(RawInput, TensorData)>,
     outputs: Option<Vec<RawOutput>>,
     binary_default: bool,
+    parameters: Map<String, Value>,
+}
+
+/// The outputs an object detector answers over the inference protocol, in the layout of
+/// TensorRT's EfficientNMS (what Triton detection ensembles return): per image the number of
+/// detections, then that many boxes (x1, y1, x2, y2 in the image's pixels), scores and class
+/// indices, padded with zeros to the most any image of the request has.
+pub const DETECT_OUTPUTS: [(&str, DType); 4] = [
+    ("num_dets", DType::Int32),
+    ("det_boxes", DType::Float32),
+    ("det_scores", DType::Float32),
+    ("det_classes", DType::Int32),
+];
+
+/// A detector's request: its images, the outputs wanted, and the detection options given as
+/// request parameters (`score`, `iou`, `max_detections`, `classes` as "car,person").
+pub struct DetectRequest {
+    pub request: InferRequest,
+    pub score: Option<f32>,
+    pub iou: Option<f32>,
+    pub max_detections: Option<usize>,
+    pub classes: Option<Vec<String>>,
+}
+
+/// Parses an object detector's request: its one input as encoded images (BYTES) or the
+/// preprocessed tensor, outputs among [`DETECT_OUTPUTS`] (all four by default).
+pub fn parse_detect_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+    input: &TensorSpec,
+) -> Result<DetectRequest, String> {
+    let framed = frame(body, header_len)?;
+    if framed.inputs.len() != 1 {
+        return Err(format!(
+            "the model takes exactly one input, `{}`; the request has {}",
+            input.name,
+            framed.inputs.len()
+        ));
+    }
+    let mut items = Vec::new();
+    for (raw_input, data) in framed.inputs {
+        if raw_input.name != input.name {
+            return Err(format!(
+                "unknown input `{}`; the model's input is `{}`",
+                raw_input.name, input.name
+            ));
+        }
+        items = parse_input(
+            &raw_input.name,
+            &raw_input.datatype,
+            &raw_input.shape,
+            data,
+            input,
+        )?;
+    }
+    let names = || {
+        DETECT_OUTPUTS
+            .iter()
+            .map(|(n, _)| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let outputs = match framed.outputs {
+        None => DETECT_OUTPUTS
+            .iter()
+            .map(|(name, _)| OutputRequest {
+                name: name.to_string(),
+                classification: None,
+                binary: framed.binary_default,
+            })
+            .collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|o| {
+                if !DETECT_OUTPUTS.iter().any(|(n, _)| *n == o.name) {
+                    return Err(format!(
+                        "unknown output `{}`; a detector's outputs are {}",
+                        o.name,
+                        names()
+                    ));
+                }
+                let params = o.parameters.unwrap_or_default();
+                Ok(OutputRequest {
+                    binary: binary_flag(&params, &o.name, framed.binary_default)?,
+                    name: o.name,
+                    classification: None,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    };
+    let p = &framed.parameters;
+    let number = |key: &str| -> Result<Option<f64>, String> {
+        match p.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| format!("parameter `{key}` must be a number, not {v}")),
+        }
+    };
+    let max_detections = match number("max_detections")? {
+        None => None,
+        Some(v) if v >= 1.0 && v.fract() == 0.0 && v <= 1e6 => Some(v as usize),
+        Some(v) => {
+            return Err(format!(
+                "parameter `max_detections` must be a whole number from 1, not {v}"
+            ))
+        }
+    };
+    let classes = match p.get("classes") {
+        None => None,
+        Some(Value::String(list)) => Some(
+            list.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("parameter `classes` holds {v}, not a class name"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(v) => return Err(format!("parameter `classes` must be names, not {v}")),
+    };
+    Ok(DetectRequest {
+        request: InferRequest {
+            id: framed.id,
+            items,
+            outputs,
+        },
+        score: number("score")?.map(|v| v as f32),
+        iou: number("iou")?.map(|v| v as f32),
+        max_detections,
+        classes,
+    })
 }
 
 /// Splits a body into the JSON request and each input's data. `header_len` is
@@ -177,6 +317,7 @@ fn frame(body: &Bytes, header_len: Option<usize>) -> Result<Framed, String> {
         inputs,
         outputs: raw.outputs,
         binary_default,
+        parameters: raw.parameters.unwrap_or_default(),
     })
 }
 

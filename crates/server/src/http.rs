@@ -20,6 +20,7 @@ use singlepoint_protocol::{form, oip};
 use crate::metrics::{self, load, render_model_histograms, render_model_values};
 use crate::service::{Answer, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket};
 use crate::AppState;
+use singlepoint_core::{AnyTensor, Buffer, Dim};
 use singlepoint_model::Task;
 use singlepoint_runtime::detect::DetectOptions;
 use singlepoint_runtime::task::{self, Outputs};
@@ -39,7 +40,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 }
@@ -106,6 +107,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}/classify", post(classify))
         .route("/v1/models/{name}/detect", post(detect))
+        .route(
+            "/v1/streams/{id}/detect",
+            post(crate::streams::detect_frames),
+        )
+        .route(
+            "/v1/streams/{id}",
+            axum::routing::delete(crate::streams::forget),
+        )
         .route("/v1/cost", get(cost))
         .route(
             "/v2/repository/index",
@@ -205,6 +214,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/models",
     "/v1/models/{name}/classify",
     "/v1/models/{name}/detect",
+    "/v1/streams/{id}/detect",
+    "/v1/streams/{id}",
     "/v1/cost",
     "/v2/repository/index",
     "/v2/repository/models/{name}/load",
@@ -261,7 +272,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// The model named in the path, at the version named (if any).
-fn find_model(
+pub(crate) fn find_model(
     state: &AppState,
     params: &HashMap<String, String>,
 ) -> Result<Arc<ModelService>, ApiError> {
@@ -306,7 +317,23 @@ async fn model_metadata(
         let mut input = describe(service.input());
         input["parameters"] =
             json!({ "also_accepts": "BYTES [n] of encoded images (binary data)" });
-        (vec![input], vec![describe(service.output())])
+        let outputs = if manifest.task == Task::ObjectDetection {
+            let k = Dim::Dynamic;
+            oip::DETECT_OUTPUTS
+                .iter()
+                .map(|&(name, dtype)| {
+                    let shape = match name {
+                        "num_dets" => vec![Dim::Dynamic, Dim::Fixed(1)],
+                        "det_boxes" => vec![Dim::Dynamic, k, Dim::Fixed(4)],
+                        _ => vec![Dim::Dynamic, k],
+                    };
+                    describe(&singlepoint_core::TensorSpec::new(name, dtype, shape))
+                })
+                .collect()
+        } else {
+            vec![describe(service.output())]
+        };
+        (vec![input], outputs)
     } else {
         let inputs = manifest
             .inputs
@@ -377,7 +404,7 @@ async fn list_models(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 /// The label for the `model` metric: a served model's name, or `unknown` (so that clients
 /// cannot grow the metrics with made-up names).
-fn model_label(state: &AppState, params: &HashMap<String, String>) -> String {
+pub(crate) fn model_label(state: &AppState, params: &HashMap<String, String>) -> String {
     match params.get("name") {
         Some(name) if state.models.get(name).is_some() => name.clone(),
         _ => "unknown".into(),
@@ -396,7 +423,7 @@ fn outcome_label(status: StatusCode) -> &'static str {
     }
 }
 
-fn record(
+pub(crate) fn record(
     state: &AppState,
     model: &str,
     endpoint: &'static str,
@@ -422,7 +449,7 @@ fn record(
     response
 }
 
-fn deadline(state: &AppState) -> (Instant, tokio::time::Instant) {
+pub(crate) fn deadline(state: &AppState) -> (Instant, tokio::time::Instant) {
     let now = Instant::now();
     (
         now + state.config.request_timeout,
@@ -511,10 +538,7 @@ async fn infer_inner(
     };
     let manifest = &service.model().manifest;
     if manifest.task == Task::ObjectDetection {
-        return Err(ApiError::bad_request(format!(
-            "`{}` is an object-detection model; the inference protocol does not serve it yet: POST its images to /v1/models/{}/detect",
-            manifest.name, manifest.name
-        )));
+        return infer_detections(state, &service, &body, header_len).await;
     }
     let image = manifest.image.is_some();
     let request = if image {
@@ -574,6 +598,11 @@ async fn infer_inner(
         )
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?
     };
+    Ok(encoded_response(encoded))
+}
+
+/// An encoded inference response with its content type (and, binary, its header length).
+fn encoded_response(encoded: oip::Encoded) -> Response {
     let mut response = encoded.body.into_response();
     let h = response.headers_mut();
     match encoded.header_len {
@@ -594,7 +623,89 @@ async fn infer_inner(
             );
         }
     }
-    Ok(response)
+    response
+}
+
+/// Inference-protocol infer on an object detector: encoded images (BYTES) or preprocessed
+/// tensors in; `num_dets`, `det_boxes`, `det_scores`, `det_classes` out (the EfficientNMS
+/// layout, [`oip::DETECT_OUTPUTS`]), the same detections as `/detect` from the same cache
+/// entries, with the request's `score`, `iou`, `max_detections` and `classes` parameters.
+async fn infer_detections(
+    state: &AppState,
+    service: &Arc<ModelService>,
+    body: &Bytes,
+    header_len: Option<usize>,
+) -> ApiResult {
+    let model = service.model();
+    let spec = model
+        .manifest
+        .image
+        .as_ref()
+        .and_then(|i| i.detection)
+        .ok_or_else(|| ApiError::bad_request("not an object-detection model"))?;
+    let parsed = oip::parse_detect_request(body, header_len, service.input())
+        .map_err(ApiError::bad_request)?;
+    let options = DetectOptions::from_request(
+        model,
+        &spec,
+        parsed.score,
+        parsed.iou,
+        parsed.max_detections,
+        parsed.classes.as_deref(),
+    )
+    .map_err(ApiError::bad_request)?;
+    let request = parsed.request;
+    let outcomes = run_items(state, service, request.items).await?;
+    if let Some(failure) = request_failure(&outcomes) {
+        return Err(failure.into());
+    }
+    let mut cache_hits = 0;
+    let found: Vec<Vec<singlepoint_runtime::detect::Detection>> = outcomes
+        .into_iter()
+        .flatten()
+        .map(|(outputs, source)| {
+            cache_hits += usize::from(source == Source::Cache);
+            singlepoint_runtime::detect::detections(model, &outputs, &options)
+        })
+        .collect();
+    let k = found.iter().map(Vec::len).max().unwrap_or(0);
+    let answers: Vec<Outputs> = found
+        .iter()
+        .map(|dets| {
+            let mut boxes = vec![0.0f32; k * 4];
+            let mut scores = vec![0.0f32; k];
+            let mut classes = vec![0i32; k];
+            for (i, d) in dets.iter().enumerate() {
+                boxes[i * 4..i * 4 + 4].copy_from_slice(&d.bbox);
+                scores[i] = d.score;
+                classes[i] = d.class as i32;
+            }
+            let t = |shape: Vec<usize>, data: Buffer| {
+                AnyTensor::new(shape, data).expect("shapes match their data")
+            };
+            vec![
+                t(vec![1], Buffer::I32(vec![dets.len() as i32])),
+                t(vec![k, 4], Buffer::F32(boxes)),
+                t(vec![k], Buffer::F32(scores)),
+                t(vec![k], Buffer::I32(classes)),
+            ]
+            .into()
+        })
+        .collect();
+    let specs: Vec<singlepoint_core::TensorSpec> = oip::DETECT_OUTPUTS
+        .iter()
+        .map(|&(name, dtype)| singlepoint_core::TensorSpec::new(name, dtype, Vec::new()))
+        .collect();
+    let encoded = oip::encode_tensor_response(
+        model,
+        request.id,
+        &answers,
+        &request.outputs,
+        &specs,
+        cache_hits,
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok(encoded_response(encoded))
 }
 
 #[derive(Deserialize)]
@@ -618,7 +729,7 @@ async fn classify(
 /// The images of a classify or detect request: raw bytes, or a multipart form of files (with
 /// whether it was a form). The body is read before the request is judged, so that a client
 /// uploading a large body gets the answer rather than a connection closed under it.
-async fn read_images(
+pub(crate) async fn read_images(
     state: &Arc<AppState>,
     request: Request,
 ) -> Result<(bool, Vec<(String, Bytes)>), ApiError> {
@@ -649,7 +760,7 @@ async fn read_images(
 
 /// Only a bad file is reported in its place in a form; anything else fails the request, and a
 /// request of one raw image fails with its image.
-fn image_request_failure(outcomes: &[Answer], multipart: bool) -> Result<(), ApiError> {
+pub(crate) fn image_request_failure(outcomes: &[Answer], multipart: bool) -> Result<(), ApiError> {
     if let Some(f) = request_failure(outcomes).filter(|f| f.kind() != FailureKind::BadInput) {
         return Err(f.into());
     }
@@ -662,7 +773,7 @@ fn image_request_failure(outcomes: &[Answer], multipart: bool) -> Result<(), Api
 }
 
 /// The endpoint a model's task is served at, for refusals.
-fn wrong_endpoint(service: &ModelService, wanted: Task) -> ApiError {
+pub(crate) fn wrong_endpoint(service: &ModelService, wanted: Task) -> ApiError {
     let m = &service.model().manifest;
     let serves = match m.task {
         Task::ImageClassification => "POST /v1/models/{name}/classify",
@@ -740,12 +851,57 @@ async fn classify_inner(
 }
 
 #[derive(Deserialize)]
-struct DetectQuery {
-    score: Option<f32>,
-    iou: Option<f32>,
-    max_detections: Option<usize>,
+pub(crate) struct DetectQuery {
+    pub(crate) score: Option<f32>,
+    pub(crate) iou: Option<f32>,
+    pub(crate) max_detections: Option<usize>,
     /// Class names, comma-separated.
-    classes: Option<String>,
+    pub(crate) classes: Option<String>,
+}
+
+/// A detect request's options, validated against the model.
+pub(crate) fn detect_options(
+    model: &singlepoint_model::Model,
+    spec: &singlepoint_model::DetectionSpec,
+    query: &DetectQuery,
+) -> Result<DetectOptions, ApiError> {
+    let classes: Option<Vec<String>> = query.classes.as_ref().map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    DetectOptions::from_request(
+        model,
+        spec,
+        query.score,
+        query.iou,
+        query.max_detections,
+        classes.as_deref(),
+    )
+    .map_err(ApiError::bad_request)
+}
+
+/// One image's detections as the detect endpoints answer them (scores to 5 places, boxes to
+/// 2).
+pub(crate) fn detection_values(
+    model: &singlepoint_model::Model,
+    outputs: &Outputs,
+    options: &DetectOptions,
+) -> Vec<Value> {
+    let round = |v: f32, scale: f64| (f64::from(v) * scale).round() / scale;
+    singlepoint_runtime::detect::detections(model, outputs, options)
+        .iter()
+        .map(|d| {
+            json!({
+                "class": d.class,
+                "label": d.label,
+                "score": round(d.score, 1e5),
+                "box": d.bbox.map(|v| round(v, 100.0)),
+            })
+        })
+        .collect()
 }
 
 async fn detect(
@@ -776,49 +932,21 @@ async fn detect_inner(
         return Err(wrong_endpoint(&service, Task::ObjectDetection));
     };
     let query = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let classes: Option<Vec<String>> = query.classes.as_ref().map(|list| {
-        list.split(',')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .collect()
-    });
-    let options = DetectOptions::from_request(
-        model,
-        &spec,
-        query.score,
-        query.iou,
-        query.max_detections,
-        classes.as_deref(),
-    )
-    .map_err(ApiError::bad_request)?;
+    let options = detect_options(model, &spec, &query)?;
     let (names, items): (Vec<String>, Vec<ItemInput>) = files
         .into_iter()
         .map(|(n, b)| (n, ItemInput::Image(b)))
         .unzip();
     let outcomes = run_items(state, &service, items).await?;
     image_request_failure(&outcomes, multipart)?;
-    let round = |v: f32, scale: f64| (f64::from(v) * scale).round() / scale;
     let results: Vec<Value> = names
         .into_iter()
         .zip(outcomes)
         .map(|(name, outcome)| match outcome {
             Ok((outputs, source)) => {
-                let found: Vec<Value> =
-                    singlepoint_runtime::detect::detections(model, &outputs, &options)
-                        .iter()
-                        .map(|d| {
-                            json!({
-                                "class": d.class,
-                                "label": d.label,
-                                "score": round(d.score, 1e5),
-                                "box": d.bbox.map(|v| round(v, 100.0)),
-                            })
-                        })
-                        .collect();
                 json!({
                     "name": name,
-                    "detections": found,
+                    "detections": detection_values(model, &outputs, &options),
                     "cached": source == Source::Cache,
                     "source": source.as_str(),
                 })

@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod streams;
 
 pub use singlepoint_runtime::{adaptive, service};
 
@@ -369,6 +370,8 @@ pub struct AppState {
     pub startup: (f64, f64),
     pub ready_at: std::time::Instant,
     pub rss: RssSampler,
+    /// Camera streams and their reuse state (`streams`).
+    pub streams: streams::Streams,
 }
 
 /// Models loaded and their threads running, ready to accept connections.
@@ -418,6 +421,7 @@ impl Server {
                 ),
                 ready_at: std::time::Instant::now(),
                 rss: RssSampler::start(Duration::from_secs(1)),
+                streams: streams::Streams::default(),
             }),
         })
     }

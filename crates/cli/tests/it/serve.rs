@@ -1567,3 +1567,168 @@ fn the_detect_endpoint_returns_the_clis_boxes_and_endpoints_refuse_other_tasks()
         );
     }
 }
+
+/// Inference-protocol infer on a detector takes encoded images as BYTES and answers the
+/// `/detect` endpoint's detections in the EfficientNMS layout (`num_dets`, `det_boxes`,
+/// `det_scores`, `det_classes`), with the request's parameters as options.
+#[test]
+fn oip_infer_on_a_detector_answers_the_detect_endpoints_boxes() {
+    let server = Server::start(&["--model", "models/yolov3-tiny", "--cache-disk", "0"]);
+    let files = [
+        "tests/data/detection/opencv_messi5.jpg",
+        "tests/data/detection/vtest_f251.png",
+    ];
+    let mut expected = Vec::new();
+    let mut images = Vec::new();
+    for f in files {
+        let bytes = std::fs::read(repo().join(f)).unwrap();
+        let reply = server.send("POST", "/v1/models/yolov3-tiny/detect", &[], &bytes);
+        assert_eq!(reply.status, 200, "{}", reply.error());
+        expected.push(reply.json()["results"][0]["detections"].clone());
+        images.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        images.extend_from_slice(&bytes);
+    }
+    let infer = |parameters: Value| {
+        let header = json!({
+            "parameters": parameters,
+            "inputs": [{ "name": "images", "shape": [2], "datatype": "BYTES",
+                         "parameters": { "binary_data_size": images.len() } }],
+        })
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(&images);
+        server.send(
+            "POST",
+            "/v2/models/yolov3-tiny/infer",
+            &[("Inference-Header-Content-Length", &header.len().to_string())],
+            &body,
+        )
+    };
+    let reply = infer(json!({}));
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    let doc = reply.json();
+    let out = |name: &str| {
+        doc["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap_or_else(|| panic!("no output {name}: {doc}"))
+            .clone()
+    };
+    let counts: Vec<u64> = out("num_dets")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let k = expected
+        .iter()
+        .map(|e| e.as_array().unwrap().len())
+        .max()
+        .unwrap();
+    assert_eq!(out("det_boxes")["shape"], json!([2, k, 4]));
+    assert_eq!(out("det_classes")["datatype"], "INT32");
+    let boxes = out("det_boxes")["data"].as_array().unwrap().clone();
+    let scores = out("det_scores")["data"].as_array().unwrap().clone();
+    let classes = out("det_classes")["data"].as_array().unwrap().clone();
+    for (i, e) in expected.iter().enumerate() {
+        let e = e.as_array().unwrap();
+        assert_eq!(counts[i] as usize, e.len(), "{}", files[i]);
+        for (j, d) in e.iter().enumerate() {
+            let at = i * k + j;
+            assert_eq!(classes[at], d["class"], "{} #{j}", files[i]);
+            assert!((scores[at].as_f64().unwrap() - d["score"].as_f64().unwrap()).abs() < 1e-4);
+            for c in 0..4 {
+                let v = boxes[at * 4 + c].as_f64().unwrap();
+                assert!(
+                    (v - d["box"][c].as_f64().unwrap()).abs() < 0.01,
+                    "{v} vs {d}"
+                );
+            }
+        }
+        // Padding past an image's count is zeros.
+        if e.len() < k {
+            assert_eq!(scores[i * k + e.len()], 0.0);
+        }
+    }
+    let people = infer(json!({ "classes": "person", "score": 0.4 }));
+    assert_eq!(people.status, 200, "{}", text(&people.body));
+    let n = people.json()["outputs"][0]["data"][0].as_u64().unwrap();
+    assert_eq!(n, 1);
+    for (parameters, expected) in [
+        (json!({ "score": 2 }), "score 2"),
+        (json!({ "classes": "unicorn" }), "`unicorn`"),
+        (json!({ "max_detections": 0.5 }), "max_detections"),
+    ] {
+        let reply = infer(parameters.clone());
+        assert_eq!(reply.status, 400, "{parameters}");
+        assert!(
+            reply.error().contains(expected),
+            "{parameters}: {}",
+            reply.error()
+        );
+    }
+}
+
+/// A stream's consecutive frames: with `?reuse=` a near-identical frame gets the last
+/// computed answer marked `reused` with the frame it came from, a different scene runs the
+/// model, and a stream can be forgotten.
+#[test]
+fn streams_reuse_answers_across_near_identical_frames() {
+    let server = Server::start(&["--model", "models/yolov3-tiny", "--cache-disk", "0"]);
+    let messi = std::fs::read(repo().join("tests/data/detection/opencv_messi5.jpg")).unwrap();
+    let street = std::fs::read(repo().join("tests/data/detection/vtest_f251.png")).unwrap();
+    let frame = |path: &str, bytes: &[u8]| {
+        let reply = server.send("POST", path, &[], bytes);
+        assert_eq!(reply.status, 200, "{path}: {}", reply.error());
+        reply.json()["results"][0].clone()
+    };
+    let path = "/v1/streams/cam-1/detect?reuse=3";
+    let first = frame(path, &messi);
+    assert_eq!(
+        (first["frame"].as_u64(), first["source"].as_str()),
+        (Some(0), Some("computed"))
+    );
+    let second = frame(path, &messi);
+    assert_eq!(second["source"], "reused", "{second}");
+    assert_eq!(second["reused_from"]["frame"], 0);
+    assert_eq!(second["reused_from"]["age_frames"], 1);
+    assert_eq!(second["detections"], first["detections"]);
+    // Another scene is a cut: the model runs.
+    let third = frame(path, &street);
+    assert_eq!(
+        (third["frame"].as_u64(), third["source"].as_str()),
+        (Some(2), Some("computed"))
+    );
+    // Without reuse (a new setting resets the stream) every frame is answered afresh.
+    let plain = frame("/v1/streams/cam-1/detect", &street);
+    assert_eq!(
+        (plain["frame"].as_u64(), plain["source"].as_str()),
+        (Some(0), Some("cache"))
+    );
+    // Streams are separate.
+    let other = frame("/v1/streams/cam-2/detect?reuse=3", &messi);
+    assert_eq!(
+        (other["frame"].as_u64(), other["source"].as_str()),
+        (Some(0), Some("cache"))
+    );
+    let bad = server.send("POST", "/v1/streams/cam-1/detect?reuse=-4", &[], &messi);
+    assert_eq!(bad.status, 400);
+    assert!(bad.error().contains("reuse -4"), "{}", bad.error());
+    let garbage = server.send(
+        "POST",
+        "/v1/streams/cam-1/detect?reuse=3",
+        &[],
+        b"not an image",
+    );
+    assert_eq!(garbage.status, 400, "{}", garbage.error());
+    assert_eq!(
+        server.send("DELETE", "/v1/streams/cam-1", &[], &[]).status,
+        200
+    );
+    assert_eq!(
+        server.send("DELETE", "/v1/streams/cam-1", &[], &[]).status,
+        404
+    );
+}

@@ -307,7 +307,10 @@ fn the_yolov8_layout_detects_what_the_picture_holds() {
     let mut found = Vec::new();
     detector
         .detect(
-            Inputs::new(paths.iter().map(|p| p.display().to_string()).collect(), None),
+            Inputs::new(
+                paths.iter().map(|p| p.display().to_string()).collect(),
+                None,
+            ),
             DetectOptions::defaults(&spec),
             FrameOptions::default(),
             |r| {
