@@ -294,14 +294,7 @@ pub fn run(mut args: ClassifyArgs) -> anyhow::Result<ExitCode> {
             prices,
             weights,
         });
-        if args.report {
-            eprintln!("{}", report.to_text());
-        }
-        if let Some(path) = &args.report_json {
-            let json = serde_json::to_string_pretty(&report)?;
-            std::fs::write(path, json + "\n")
-                .with_context(|| format!("cannot write the report to `{}`", path.display()))?;
-        }
+        emit_report(&report, args.report, args.report_json.as_deref())?;
     }
     Ok(if stats.failed == 0 {
         ExitCode::SUCCESS
@@ -379,7 +372,7 @@ const Q_SAMPLE: usize = 32;
 
 /// q measured on a sample: throughput with 1 and with N workers, cache bypassed.
 #[derive(Default)]
-struct Calibration {
+pub(crate) struct Calibration {
     q: Option<f64>,
     how: Option<String>,
     wall: Duration,
@@ -426,23 +419,39 @@ fn calibrate(classifier: &Classifier, sample: &[InputEntry]) -> Calibration {
     calibration
 }
 
-struct CostInputs<'a> {
-    stats: &'a RunStats,
-    workers: usize,
-    run_cpu: Duration,
-    cpu_before_run: Duration,
+pub(crate) struct CostInputs<'a> {
+    pub stats: &'a RunStats,
+    pub workers: usize,
+    pub run_cpu: Duration,
+    pub cpu_before_run: Duration,
     /// From process start to the start of the main run.
-    before_run: Duration,
+    pub before_run: Duration,
     /// Creating the engine sessions, inside the main run but before its clock starts.
-    sessions: Duration,
-    calibration: &'a Calibration,
-    mean_rss: u64,
-    peak_rss: u64,
-    prices: Prices,
-    weights: Weights,
+    pub sessions: Duration,
+    pub calibration: &'a Calibration,
+    pub mean_rss: u64,
+    pub peak_rss: u64,
+    pub prices: Prices,
+    pub weights: Weights,
 }
 
-fn cost_report(c: CostInputs) -> CostReport {
+/// Prints the cost report on stderr (`--report`) and writes it as JSON (`--report-json`).
+pub(crate) fn emit_report(
+    report: &CostReport,
+    print: bool,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if print {
+        eprintln!("{}", report.to_text());
+    }
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")
+            .with_context(|| format!("cannot write the report to `{}`", path.display()))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn cost_report(c: CostInputs) -> CostReport {
     let s = c.stats;
     let n = s.items.max(1) as f64;
     let per = |d: Duration| d.as_secs_f64() / n;
@@ -459,6 +468,7 @@ fn cost_report(c: CostInputs) -> CostReport {
         workers: c.workers,
         model_executions: s.model_executions,
         hit_rate: (s.cache_hits + s.coalesced) as f64 / n,
+        reuse_rate: s.reused as f64 / n,
         parallel_efficiency: c.calibration.q,
         q_sample: c.calibration.how.clone(),
         t0,

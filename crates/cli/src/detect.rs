@@ -14,6 +14,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use singlepoint_backend::EngineOptions;
 use singlepoint_model::{DecodeLimits, DetectionSpec, Model};
+use singlepoint_runtime::cost::RssSampler;
+use singlepoint_runtime::cputime::{children_cpu_time, process_cpu_time};
 use singlepoint_runtime::detect::{DetectOptions, Detection};
 use singlepoint_runtime::inputs::has_video_extension;
 use singlepoint_runtime::{
@@ -21,7 +23,7 @@ use singlepoint_runtime::{
     Inputs, ItemResult, PipelineConfig,
 };
 
-use crate::cache_args::CacheArgs;
+use crate::cache_args::{CacheArgs, CostArgs};
 use crate::draw::{Drawer, VideoDrawing};
 
 #[derive(Args)]
@@ -86,7 +88,8 @@ pub struct DetectArgs {
     #[arg(long)]
     instances: Option<usize>,
 
-    /// Images per engine run (default 2)
+    /// Images per engine run (default 1: on YOLOv3-tiny larger batches are no faster and hold
+    /// more memory, bench/results/detect-*.md)
     #[arg(long)]
     batch_size: Option<usize>,
 
@@ -96,6 +99,18 @@ pub struct DetectArgs {
 
     #[command(flatten)]
     cache: CacheArgs,
+
+    /// Print the run's cost report on stderr: t0, r0, n, N, p (cache hits), u (reused frames),
+    /// CPU by stage, memory, money and f (q is not measured here; `classify --report` does)
+    #[arg(long)]
+    report: bool,
+
+    /// Write the cost report as JSON to this file
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+
+    #[command(flatten)]
+    cost: CostArgs,
 
     /// Never download ONNX Runtime; fall back to tract when it is not installed
     #[arg(long, env = "SINGLEPOINT_NO_FETCH")]
@@ -329,7 +344,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
     }
     let engine_kind = loaded.engine.kind();
     let config = PipelineConfig {
-        batch_size: args.batch_size.unwrap_or(2),
+        batch_size: args.batch_size.unwrap_or(1),
         instances,
         limits: DecodeLimits {
             max_pixels: args.max_pixels,
@@ -380,6 +395,12 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let coco_ids = is_coco_80(&model);
+    let reporting = args.report || args.report_json.is_some();
+    let (prices, weights) = args.cost.resolve()?;
+    let rss = reporting.then(|| RssSampler::start(std::time::Duration::from_millis(50)));
+    let main_started = std::time::Instant::now();
+    let all_cpu = || process_cpu_time() + children_cpu_time();
+    let cpu_before = all_cpu();
     let mut drawer = args.draw.as_deref().map(Drawer::new).transpose()?;
     let mut video_drawing: Option<VideoDrawing> = None;
     let mut drawn = 0usize;
@@ -491,6 +512,25 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
         }
     }
     finish_video(video_drawing.take(), &mut drawn);
+    let run_cpu = all_cpu().saturating_sub(cpu_before);
+    let run_elapsed = main_started.elapsed();
+    if let Some(rss) = rss {
+        let (mean_rss, peak_rss) = rss.finish();
+        let report = crate::classify::cost_report(crate::classify::CostInputs {
+            stats: &stats,
+            workers: instances,
+            run_cpu,
+            cpu_before_run: cpu_before,
+            before_run: main_started.saturating_duration_since(crate::started()),
+            sessions: run_elapsed.saturating_sub(stats.wall),
+            calibration: &Default::default(),
+            mean_rss,
+            peak_rss,
+            prices,
+            weights,
+        });
+        crate::classify::emit_report(&report, args.report, args.report_json.as_deref())?;
+    }
     if let Some(e) = write_error {
         return Err(e).context("cannot write results");
     }

@@ -5,7 +5,8 @@
 //! - n items, N workers (engine instances), p the cache hit rate, q the parallel efficiency
 //!   X(N) / (N·X(1)) with X the throughput;
 //! - t = t0 + n·c / (q·N): t0 the fixed time (model load, sessions), c the CPU-seconds per item,
-//!   c = (1 − p)·c_miss + p·c_hit;
+//!   c = p·c_hit + u·c_reuse + (1 − p − u)·c_miss, with u the fraction of video frames answered
+//!   by reuse across near-identical frames (their cost is the difference check);
 //! - r = r0 + n·c: CPU-seconds, r0 the fixed part; memory is charged as mean RSS × t;
 //! - money = r / 3600 · price per core-hour + GiB(mean RSS) · t / 3600 · price per GiB-hour;
 //! - f = w_t·t + w_r·money.
@@ -64,6 +65,8 @@ pub struct CostModel {
     pub c_miss: f64,
     /// CPU per item answered by the cache, core-seconds.
     pub c_hit: f64,
+    /// CPU per video frame answered by reuse (decoding it and the difference check).
+    pub c_reuse: f64,
 }
 
 /// A prediction (or measurement) of one run's time and resources.
@@ -85,14 +88,16 @@ pub fn price(t: f64, r: f64, mean_rss_gib: f64, prices: &Prices, weights: &Weigh
 }
 
 impl CostModel {
-    /// CPU-seconds per item at hit rate `p`.
-    pub fn per_item(&self, p: f64) -> f64 {
-        (1.0 - p) * self.c_miss + p * self.c_hit
+    /// CPU-seconds per item at hit rate `p` and reuse rate `u` (the three cases: an exact
+    /// hit, a reused frame, a computed item).
+    pub fn per_item(&self, p: f64, u: f64) -> f64 {
+        (1.0 - p - u) * self.c_miss + p * self.c_hit + u * self.c_reuse
     }
 
-    /// t and r for `n` items on `workers` workers at hit rate `p` and parallel efficiency `q`.
-    pub fn predict(&self, n: f64, workers: f64, p: f64, q: f64) -> (f64, f64) {
-        let c = self.per_item(p);
+    /// t and r for `n` items on `workers` workers at hit rate `p`, reuse rate `u` and parallel
+    /// efficiency `q`.
+    pub fn predict(&self, n: f64, workers: f64, p: f64, u: f64, q: f64) -> (f64, f64) {
+        let c = self.per_item(p, u);
         let t = self.t0 + n * c / (q * workers);
         let r = self.r0 + n * c;
         (t, r)
@@ -193,6 +198,9 @@ pub struct CostReport {
     pub model_executions: usize,
     /// p: items answered without running the model (cache hits and shared computations).
     pub hit_rate: f64,
+    /// u: video frames answered by reuse across near-identical frames (their cost is the
+    /// decode and the difference check, not the model).
+    pub reuse_rate: f64,
     /// q: X(N) / (N·X(1)), measured on a calibration sample; `None` when not measured.
     pub parallel_efficiency: Option<f64>,
     /// How q was measured.
@@ -227,8 +235,8 @@ impl CostReport {
             _ => "not measured".into(),
         };
         s.push_str(&format!(
-            "cost: n = {} items, N = {} workers, p = {:.3}, q = {q}\n",
-            self.items, self.workers, self.hit_rate
+            "cost: n = {} items, N = {} workers, p = {:.3}, u = {:.3} (reused frames), q = {q}\n",
+            self.items, self.workers, self.hit_rate, self.reuse_rate
         ));
         s.push_str(&format!(
             "  t = t0 + run = {:.3} + {:.3} = {:.3} s; r = r0 + run = {:.3} + {:.3} = {:.3} core-s; {:.2} core-ms per item\n",
@@ -286,11 +294,14 @@ mod tests {
             r0: 0.6,
             c_miss: 0.015,
             c_hit: 0.0005,
+            c_reuse: 0.002,
         };
         let (n, workers, p, q) = (1000.0, 2.0, 0.9, 0.8);
         // c = 0.1·0.015 + 0.9·0.0005 = 0.00195 core-s per item
-        assert!(close(model.per_item(p), 0.00195));
-        let (t, r) = model.predict(n, workers, p, q);
+        assert!(close(model.per_item(p, 0.0), 0.00195));
+        // Half the misses reused instead: c = 0.05·0.015 + 0.9·0.0005 + 0.05·0.002
+        assert!(close(model.per_item(p, 0.05), 0.0013));
+        let (t, r) = model.predict(n, workers, p, 0.0, q);
         // t = 0.5 + 1000·0.00195 / (0.8·2) = 0.5 + 1.21875
         assert!(close(t, 1.71875), "{t}");
         // r = 0.6 + 1000·0.00195
@@ -311,21 +322,27 @@ mod tests {
     }
 
     #[test]
-    fn hits_and_parallelism_lower_time_and_only_hits_lower_resources() {
+    fn hits_reuse_and_parallelism_lower_time_and_only_hits_and_reuse_lower_resources() {
         let m = CostModel {
             t0: 1.0,
             r0: 1.0,
             c_miss: 0.01,
             c_hit: 0.0001,
+            c_reuse: 0.001,
         };
-        let (t1, r1) = m.predict(100.0, 1.0, 0.0, 1.0);
-        let (t2, r2) = m.predict(100.0, 2.0, 0.0, 1.0);
-        let (t3, r3) = m.predict(100.0, 2.0, 0.0, 0.5);
-        let (t4, r4) = m.predict(100.0, 1.0, 0.9, 1.0);
+        let (t1, r1) = m.predict(100.0, 1.0, 0.0, 0.0, 1.0);
+        let (t2, r2) = m.predict(100.0, 2.0, 0.0, 0.0, 1.0);
+        let (t3, r3) = m.predict(100.0, 2.0, 0.0, 0.0, 0.5);
+        let (t4, r4) = m.predict(100.0, 1.0, 0.9, 0.0, 1.0);
+        let (t5, r5) = m.predict(100.0, 1.0, 0.0, 0.9, 1.0);
         assert!(t2 < t1 && close(r1, r2));
         assert!(close(t3, t1), "q = 0.5 on 2 workers is no faster than 1");
         assert!(close(r3, r1), "parallelism never saves resources");
         assert!(t4 < t1 && r4 < r1);
+        assert!(
+            t5 < t1 && r5 < r1 && r4 < r5,
+            "reuse saves, a hit saves more"
+        );
     }
 
     #[test]

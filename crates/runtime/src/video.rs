@@ -2,8 +2,8 @@
 //! subprocess.
 //!
 //! Why a subprocess and not the libav* libraries: the decoders are the part of a media stack
-//! with the most bugs on hostile input, and in a child process a crash or a hang in one of them
-//! is one failed video, never a dead server or a lost run; the build stays free of C headers
+//! with the most bugs on hostile input, and in a child process a crash in one of them is one
+//! failed video, never a dead server or a lost run; the build stays free of C headers
 //! and of one FFmpeg version's ABI; and every codec and container the user's ffmpeg has works.
 //! What it costs is one copy of each frame through a pipe (a 768×576 RGB frame is 1.3 MB,
 //! well under a millisecond), and the child's CPU time is counted into the decode stage.
@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver};
 use singlepoint_model::RgbImage;
+
+use crate::cputime::children_cpu_time;
 
 /// What went wrong with a video as a whole.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -208,17 +210,6 @@ pub struct FrameReader {
     next_time: f64,
     done: bool,
     child_cpu: Duration,
-}
-
-/// CPU time of the children this process has waited for.
-fn children_cpu_time() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we own.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return Duration::ZERO;
-    }
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 impl FrameReader {

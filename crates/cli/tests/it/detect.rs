@@ -245,10 +245,13 @@ fn detect_reads_videos_frame_by_frame_and_bad_videos_fail_alone() {
     assert!(stderr.contains("3 failed"), "{stderr}");
 }
 
-/// `--reuse` marks reused frames in text output and in the summary.
+/// `--reuse` marks reused frames in text output, in the summary and in the cost report.
 #[test]
 fn reuse_is_marked_in_every_format() {
-    let out = singlepoint(&["detect", BIKES, "--reuse-threshold", "12"], None);
+    let out = singlepoint(
+        &["detect", BIKES, "--reuse-threshold", "12", "--report"],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert_eq!(stdout.lines().count(), 250);
@@ -263,6 +266,9 @@ fn reuse_is_marked_in_every_format() {
         "{}",
         text(&out.stderr)
     );
+    // The cost report's third case: u, the frames answered by reuse.
+    let u = format!("u = {:.3} (reused frames)", reused as f64 / 250.0);
+    assert!(text(&out.stderr).contains(&u), "{u}: {}", text(&out.stderr));
     let out = singlepoint(
         &[
             "detect",
