@@ -1,6 +1,8 @@
 """Triton's own Python client (`tritonclient.http`) against `singlepoint serve`, unchanged:
 health, metadata, and inference with JSON tensors, binary tensors, encoded images as BYTES and
-the classification extension. scripts/test runs it after the Rust tests.
+the classification extension; and an object detector (YOLOv3-tiny) answering BYTES images with
+num_dets / det_boxes / det_scores / det_classes, options as request parameters. scripts/test runs
+it after the Rust tests.
 
 Usage: python3 tests/compat/tritonclient_check.py PATH/TO/singlepoint
 """
@@ -67,6 +69,35 @@ try:
     from importlib.metadata import version
     print(f"tritonclient {version('tritonclient')}: health, metadata, JSON/binary FP32, BYTES images, "
           f"classification and errors all work (top-1 {best})")
+finally:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+proc, address = serve.start(sys.argv[1], ["--no-cache", "--model", "models/yolov3-tiny"], root)
+try:
+    client = httpclient.InferenceServerClient(address)
+    meta = client.get_model_metadata("yolov3-tiny")
+    names = [o["name"] for o in meta["outputs"]]
+    assert names == ["num_dets", "det_boxes", "det_scores", "det_classes"], names
+    files = ["tests/data/detection/opencv_messi5.jpg", "tests/data/detection/vtest_f251.png"]
+    images = np.array([open(os.path.join(root, f), "rb").read() for f in files], dtype=np.object_)
+    inp = httpclient.InferInput("images", [2], "BYTES")
+    inp.set_data_from_numpy(images, binary_data=True)
+    outs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in names]
+    result = client.infer("yolov3-tiny", [inp], outputs=outs)
+    counts = result.as_numpy("num_dets")[:, 0].tolist()
+    boxes, scores, classes = (result.as_numpy(n) for n in names[1:])
+    assert counts[0] == 5 and counts[1] > 5, counts
+    # The strongest detection in the football photo: a sports ball (COCO-80 class 32), 0.79.
+    assert classes[0, 0] == 32 and abs(scores[0, 0] - 0.79) < 0.01, (classes[0], scores[0])
+    assert boxes.shape == (2, max(counts), 4), boxes.shape
+    assert (scores[0, counts[0]:] == 0).all(), "padding past an image's count is zeros"
+    people = client.infer("yolov3-tiny", [inp], outputs=outs,
+                          parameters={"classes": "person", "score": 0.4})
+    assert people.as_numpy("num_dets")[0, 0] == 1
+    assert (people.as_numpy("det_classes")[1, :people.as_numpy("num_dets")[1, 0]] == 0).all()
+    print(f"tritonclient: a detector's BYTES images in, EfficientNMS outputs out ({counts} detections), "
+          "parameters as options")
 finally:
     proc.terminate()
     proc.wait(timeout=30)

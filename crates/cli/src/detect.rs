@@ -75,6 +75,11 @@ pub struct DetectArgs {
     #[arg(long)]
     reuse: bool,
 
+    /// Videos: fail a video when ffmpeg delivers no frame for this long (`90s`, `5m`; time
+    /// spent waiting on the model does not count)
+    #[arg(long, value_parser = crate::cache_args::parse_duration, default_value = "60s")]
+    decode_timeout: std::time::Duration,
+
     /// The difference under which `--reuse` reuses: mean absolute luma difference of 64×64
     /// thumbnails, 0–255 (implies `--reuse`)
     #[arg(long)]
@@ -371,6 +376,7 @@ pub fn run(args: DetectArgs) -> anyhow::Result<ExitCode> {
             (true, None) => Some(singlepoint_runtime::reuse::DEFAULT_THRESHOLD),
             (false, None) => None,
         },
+        decode_timeout: Some(args.decode_timeout),
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

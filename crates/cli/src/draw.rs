@@ -180,6 +180,7 @@ impl VideoDrawing {
             VideoOptions {
                 fps: None,
                 max_pixels,
+                stall: VideoOptions::DEFAULT_STALL,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -101,6 +101,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<ExitCode> {
         let options = VideoOptions {
             fps: None,
             max_pixels: u64::MAX,
+            stall: VideoOptions::DEFAULT_STALL,
         };
         let mut thumbs = Vec::with_capacity(exact.len());
         for frame in FrameReader::open(std::path::Path::new(video), options)

@@ -144,6 +144,9 @@ pub struct FrameOptions {
     /// Reuse the last computed answer while a frame differs from its frame by less than this
     /// ([`crate::reuse`]); `None` runs the model on every frame.
     pub reuse_threshold: Option<f32>,
+    /// How long ffmpeg may keep the run waiting for a frame before the video fails
+    /// (`None`: [`VideoOptions::DEFAULT_STALL`]).
+    pub decode_timeout: Option<Duration>,
 }
 
 /// How an answer was obtained.
@@ -545,6 +548,7 @@ fn submit_video(
     let options = VideoOptions {
         fps: frames.fps,
         max_pixels,
+        stall: frames.decode_timeout.unwrap_or(VideoOptions::DEFAULT_STALL),
     };
     let t0 = thread_cpu_time();
     let reader = FrameReader::open(&path, options);

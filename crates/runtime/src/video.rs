@@ -3,7 +3,8 @@
 //!
 //! Why a subprocess and not the libav* libraries: the decoders are the part of a media stack
 //! with the most bugs on hostile input, and in a child process a crash in one of them is one
-//! failed video, never a dead server or a lost run; the build stays free of C headers
+//! failed video, never a dead server or a lost run (a hang is one too: a watchdog kills a child
+//! that keeps its reader waiting past the stall limit); the build stays free of C headers
 //! and of one FFmpeg version's ABI; and every codec and container the user's ffmpeg has works.
 //! What it costs is one copy of each frame through a pipe (a 768×576 RGB frame is 1.3 MB,
 //! well under a millisecond), and the child's CPU time is counted into the decode stage.
@@ -17,8 +18,9 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver};
 use singlepoint_model::RgbImage;
@@ -36,8 +38,8 @@ pub enum VideoError {
     NotAVideo(String),
     #[error("the file has no video stream")]
     NoVideoStream,
-    #[error("the video has no frames")]
-    NoFrames,
+    #[error("the video has no frames{0}")]
+    NoFrames(String),
     #[error("the video's frames are {width}×{height}, more pixels than the limit ({max_pixels})")]
     TooLarge {
         width: u32,
@@ -83,6 +85,64 @@ pub struct VideoOptions {
     /// `None` keeps every frame.
     pub fps: Option<f64>,
     pub max_pixels: u64,
+    /// How long ffmpeg may keep a reader waiting for the next frame before it is taken for
+    /// hung, killed, and the video failed (time spent waiting on the model does not count).
+    pub stall: Duration,
+}
+
+impl VideoOptions {
+    pub const DEFAULT_STALL: Duration = Duration::from_secs(60);
+}
+
+/// Kills a child that keeps its reader waiting longer than the stall limit.
+struct Watchdog {
+    /// Milliseconds since `epoch` when the reader began to wait, 0 when it is not waiting.
+    waiting_since: Arc<AtomicU64>,
+    stalled: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    epoch: Instant,
+}
+
+impl Watchdog {
+    fn start(pid: u32, stall: Duration) -> Watchdog {
+        let waiting_since = Arc::new(AtomicU64::new(0));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let (w, st, sp) = (waiting_since.clone(), stalled.clone(), stop.clone());
+        let tick = stall
+            .min(Duration::from_millis(500))
+            .max(Duration::from_millis(10));
+        std::thread::spawn(move || {
+            while !sp.load(Ordering::Acquire) {
+                std::thread::sleep(tick);
+                let since = w.load(Ordering::Acquire);
+                let now = epoch.elapsed().as_millis() as u64;
+                if since != 0 && now.saturating_sub(since) > stall.as_millis() as u64 {
+                    st.store(true, Ordering::Release);
+                    // SAFETY: kill(2) on our own child's pid; it has not been reaped (the
+                    // reader waits for it only after this thread is told to stop).
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    return;
+                }
+            }
+        });
+        Watchdog {
+            waiting_since,
+            stalled,
+            stop,
+            epoch,
+        }
+    }
+
+    fn waiting(&self, yes: bool) {
+        let v = if yes {
+            (self.epoch.elapsed().as_millis() as u64).max(1)
+        } else {
+            0
+        };
+        self.waiting_since.store(v, Ordering::Release);
+    }
 }
 
 fn tool_error(tool: &str, e: std::io::Error) -> VideoError {
@@ -204,6 +264,7 @@ pub struct FrameReader {
     logs: Receiver<FrameLog>,
     stderr_tail: Arc<Mutex<String>>,
     stderr_thread: Option<std::thread::JoinHandle<()>>,
+    watchdog: Watchdog,
     size: Option<(u32, u32)>,
     decoded: u64,
     kept: u64,
@@ -248,6 +309,7 @@ impl FrameReader {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| tool_error("ffmpeg", e))?;
+        let watchdog = Watchdog::start(child.id(), options.stall);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let (tx, logs) = unbounded();
@@ -287,6 +349,7 @@ impl FrameReader {
             logs,
             stderr_tail,
             stderr_thread,
+            watchdog,
             size: None,
             decoded: 0,
             kept: 0,
@@ -314,6 +377,7 @@ impl FrameReader {
     fn finish(&mut self) -> Option<VideoError> {
         self.done = true;
         self.stdout = None;
+        self.watchdog.stop.store(true, Ordering::Release);
         let before = children_cpu_time();
         let status = self.child.take().and_then(|mut c| c.wait().ok());
         self.child_cpu = children_cpu_time().saturating_sub(before);
@@ -326,18 +390,29 @@ impl FrameReader {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let message = last_message(&tail, &self.path);
-        if !status.is_some_and(|s| s.success()) {
-            return Some(if self.decoded == 0 {
-                VideoError::NotAVideo(message)
-            } else {
-                VideoError::Decode {
-                    decoded: self.decoded,
-                    detail: message,
-                }
+        if self.watchdog.stalled.load(Ordering::Acquire) {
+            return Some(VideoError::Decode {
+                decoded: self.decoded,
+                detail: format!(
+                    "ffmpeg delivered no frame for {} s and was stopped",
+                    self.options.stall.as_secs_f64()
+                ),
             });
         }
+        // The probe found a video stream: nothing decoded from it means it has no frames.
         if self.decoded == 0 {
-            return Some(VideoError::NoFrames);
+            let ok = status.is_some_and(|s| s.success());
+            return Some(VideoError::NoFrames(if ok {
+                String::new()
+            } else {
+                format!(" (ffmpeg: {message})")
+            }));
+        }
+        if !status.is_some_and(|s| s.success()) {
+            return Some(VideoError::Decode {
+                decoded: self.decoded,
+                detail: message,
+            });
         }
         // A container that declares its frame count and delivers fewer was cut short (ffmpeg
         // decodes what is there and exits 0).
@@ -356,10 +431,17 @@ impl FrameReader {
     }
 
     fn read_frame(&mut self) -> Option<Result<Frame, VideoError>> {
+        self.watchdog.waiting(true);
+        let frame = self.read_frame_waiting();
+        self.watchdog.waiting(false);
+        frame
+    }
+
+    fn read_frame_waiting(&mut self) -> Option<Result<Frame, VideoError>> {
         let stdout = self.stdout.as_mut()?;
         // The frame's log line comes before its pixels; without one (ffmpeg gone) the
         // stream's rate gives the time and the probe the size.
-        let log = self.logs.recv_timeout(Duration::from_secs(60)).ok();
+        let log = self.logs.recv_timeout(self.options.stall).ok();
         let (width, height) = *self.size.get_or_insert_with(|| {
             log.and_then(|l| l.size)
                 .unwrap_or((self.info.width, self.info.height))
@@ -454,6 +536,7 @@ impl Iterator for FrameReader {
 
 impl Drop for FrameReader {
     fn drop(&mut self) {
+        self.watchdog.stop.store(true, Ordering::Release);
         self.stdout = None;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -154,7 +154,8 @@ fn csv_and_coco_results_carry_the_same_boxes() {
 const BIKES: &str = "tests/data/video/bikes.mp4";
 
 /// Videos are read frame by frame (sampled with `--fps`, each frame with its time); a file
-/// that is not a video, a truncated video and a file without a video stream each fail alone
+/// that is not a video, a truncated video, a file without a video stream and a video stream
+/// without frames each fail alone
 /// with what is wrong, after whatever frames they gave, and the inputs after them go on.
 #[test]
 fn detect_reads_videos_frame_by_frame_and_bad_videos_fail_alone() {
@@ -184,6 +185,24 @@ fn detect_reads_videos_frame_by_frame_and_bad_videos_fail_alone() {
     let bytes = std::fs::read(&clip).unwrap();
     let truncated = dir.path().join("truncated.avi");
     std::fs::write(&truncated, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    // A video stream with no frames in it.
+    let empty = dir.path().join("empty.avi");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=s=64x48:d=1",
+            "-frames:v",
+            "0",
+        ])
+        .args(["-c:v", "mpeg4"])
+        .arg(&empty)
+        .status()
+        .unwrap();
+    assert!(made.success());
     let args = [
         "detect",
         "--fps",
@@ -194,6 +213,7 @@ fn detect_reads_videos_frame_by_frame_and_bad_videos_fail_alone() {
         not_video.to_str().unwrap(),
         truncated.to_str().unwrap(),
         "tests/data/video/audio-only.mp4",
+        empty.to_str().unwrap(),
         MESSI,
     ];
     let out = singlepoint(&args, None);
@@ -238,11 +258,16 @@ fn detect_reads_videos_frame_by_frame_and_bad_videos_fail_alone() {
         error_of(2)
     );
     assert!(error_of(3).contains("no video stream"), "{}", error_of(3));
-    let messi: Vec<&Value> = of(4).collect();
+    assert!(
+        error_of(4).contains("the video has no frames"),
+        "{}",
+        error_of(4)
+    );
+    let messi: Vec<&Value> = of(5).collect();
     assert_eq!(messi.len(), 1);
     assert!(messi[0]["detections"].as_array().unwrap().len() >= 3);
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("3 failed"), "{stderr}");
+    assert!(stderr.contains("4 failed"), "{stderr}");
 }
 
 /// `--reuse` marks reused frames in text output, in the summary and in the cost report.
@@ -417,4 +442,67 @@ fn draw_writes_pictures_with_the_boxes_where_the_detections_are() {
         .unwrap();
     assert_eq!(text(&probe.stdout).trim(), "640,272,20");
     assert!(text(&out.stderr).contains("drew 2 pictures and videos"));
+}
+
+/// A decoder that hangs (here a stand-in `ffmpeg` that never writes) fails its video after
+/// `--decode-timeout`; the inputs after it go on.
+#[test]
+fn a_hung_decoder_fails_its_video_and_the_run_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let tools = [
+        (
+            "ffprobe",
+            "#!/bin/sh\necho '{\"streams\": [{\"codec_name\": \"h264\", \"width\": 8, \"height\": 8, \"avg_frame_rate\": \"25/1\", \"nb_frames\": \"3\"}]}'\n",
+        ),
+        ("ffmpeg", "#!/bin/sh\nexec sleep 60\n"),
+    ];
+    for (name, script) in tools {
+        let path = bin.join(name);
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let video = dir.path().join("stuck.mp4");
+    std::fs::write(&video, b"whatever").unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_singlepoint"))
+        .args([
+            "detect",
+            "--no-cache",
+            "--decode-timeout",
+            "1s",
+            "--format",
+            "jsonl",
+        ])
+        .arg(&video)
+        .arg(MESSI)
+        .current_dir(super::repo())
+        .env("PATH", path)
+        .env_remove("SINGLEPOINT_BACKEND")
+        .output()
+        .unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let error = lines[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("no frame for 1 s and was stopped"),
+        "{error}"
+    );
+    assert!(lines[1]["detections"].as_array().unwrap().len() >= 3);
 }

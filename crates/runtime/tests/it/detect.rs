@@ -160,6 +160,7 @@ fn video_frames_are_the_reference_frames_with_their_timestamps() {
     let options = VideoOptions {
         fps: None,
         max_pixels: 1 << 24,
+        stall: VideoOptions::DEFAULT_STALL,
     };
     let reader = FrameReader::open(&video, options).unwrap();
     assert_eq!((reader.info().width, reader.info().height), (640, 272));
@@ -232,8 +233,8 @@ fn reuse_never_crosses_a_scene_cut() {
             Inputs::new(vec![video.display().to_string()], None),
             DetectOptions::defaults(&spec),
             FrameOptions {
-                fps: None,
                 reuse_threshold: Some(12.0),
+                ..FrameOptions::default()
             },
             |r| {
                 results.push(r);
