@@ -128,30 +128,8 @@ pub fn parse_detect_request(
     header_len: Option<usize>,
     input: &TensorSpec,
 ) -> Result<DetectRequest, String> {
-    let framed = frame(body, header_len)?;
-    if framed.inputs.len() != 1 {
-        return Err(format!(
-            "the model takes exactly one input, `{}`; the request has {}",
-            input.name,
-            framed.inputs.len()
-        ));
-    }
-    let mut items = Vec::new();
-    for (raw_input, data) in framed.inputs {
-        if raw_input.name != input.name {
-            return Err(format!(
-                "unknown input `{}`; the model's input is `{}`",
-                raw_input.name, input.name
-            ));
-        }
-        items = parse_input(
-            &raw_input.name,
-            &raw_input.datatype,
-            &raw_input.shape,
-            data,
-            input,
-        )?;
-    }
+    let mut framed = frame(body, header_len)?;
+    let items = image_items(std::mem::take(&mut framed.inputs), input)?;
     let names = || {
         DETECT_OUTPUTS
             .iter()
@@ -321,6 +299,34 @@ fn frame(body: &Bytes, header_len: Option<usize>) -> Result<Framed, String> {
     })
 }
 
+/// The items of an image model's one input (encoded images or preprocessed rows).
+fn image_items(
+    inputs: Vec<(RawInput, TensorData)>,
+    input: &TensorSpec,
+) -> Result<Vec<ItemInput>, String> {
+    let [(raw_input, data)]: [(RawInput, TensorData); 1] =
+        inputs.try_into().map_err(|all: Vec<_>| {
+            format!(
+                "the model takes exactly one input, `{}`; the request has {}",
+                input.name,
+                all.len()
+            )
+        })?;
+    if raw_input.name != input.name {
+        return Err(format!(
+            "unknown input `{}`; the model's input is `{}`",
+            raw_input.name, input.name
+        ));
+    }
+    parse_input(
+        &raw_input.name,
+        &raw_input.datatype,
+        &raw_input.shape,
+        data,
+        input,
+    )
+}
+
 /// Parses an image model's request: its one input as the preprocessed tensor or as encoded
 /// images. `header_len` is `Inference-Header-Content-Length`, when present. Every error is the
 /// client's (400) and says what was wrong.
@@ -331,30 +337,8 @@ pub fn parse_request(
     output: &TensorSpec,
     n_classes: usize,
 ) -> Result<InferRequest, String> {
-    let framed = frame(body, header_len)?;
-    if framed.inputs.len() != 1 {
-        return Err(format!(
-            "the model takes exactly one input, `{}`; the request has {}",
-            input.name,
-            framed.inputs.len()
-        ));
-    }
-    let mut items = Vec::new();
-    for (raw_input, data) in framed.inputs {
-        if raw_input.name != input.name {
-            return Err(format!(
-                "unknown input `{}`; the model's input is `{}`",
-                raw_input.name, input.name
-            ));
-        }
-        items = parse_input(
-            &raw_input.name,
-            &raw_input.datatype,
-            &raw_input.shape,
-            data,
-            input,
-        )?;
-    }
+    let mut framed = frame(body, header_len)?;
+    let items = image_items(std::mem::take(&mut framed.inputs), input)?;
     let binary_default = framed.binary_default;
     let outputs = match framed.outputs {
         None => vec![OutputRequest {

@@ -842,12 +842,7 @@ async fn classify_inner(
             Err(f) => json!({ "name": name, "error": f.to_string() }),
         })
         .collect();
-    Ok(Json(json!({
-        "model": model.manifest.name,
-        "model_version": model.manifest.version,
-        "results": results,
-    }))
-    .into_response())
+    Ok(results_response(model, results))
 }
 
 #[derive(Deserialize)]
@@ -857,6 +852,16 @@ pub(crate) struct DetectQuery {
     pub(crate) max_detections: Option<usize>,
     /// Class names, comma-separated.
     pub(crate) classes: Option<String>,
+}
+
+/// The classify and detect endpoints' answer: the model and one result per image.
+fn results_response(model: &singlepoint_model::Model, results: Vec<Value>) -> Response {
+    Json(json!({
+        "model": model.manifest.name,
+        "model_version": model.manifest.version,
+        "results": results,
+    }))
+    .into_response()
 }
 
 /// A detect request's options, validated against the model.
@@ -954,12 +959,7 @@ async fn detect_inner(
             Err(f) => json!({ "name": name, "error": f.to_string() }),
         })
         .collect();
-    Ok(Json(json!({
-        "model": model.manifest.name,
-        "model_version": model.manifest.version,
-        "results": results,
-    }))
-    .into_response())
+    Ok(results_response(model, results))
 }
 
 /// The server's cost so far, in the terms of docs/cost-model.md.
