@@ -51,7 +51,10 @@ fn run_error(reason: impl std::fmt::Display) -> BackendError {
 
 impl TractEngine {
     pub fn load(onnx: &[u8], options: EngineOptions) -> Result<TractEngine, BackendError> {
+        // Intermediate `value_info` shapes name the inputs' symbols (`sequence`) and would
+        // contradict the concrete sizes each plan is compiled for; tract infers them instead.
         let model = tract_onnx::onnx()
+            .with_ignore_value_info(true)
             .model_for_read(&mut Cursor::new(onnx))
             .map_err(load_error)?;
         if model.inputs.is_empty() {
@@ -119,6 +122,13 @@ impl Shared {
         for (i, (shape, spec)) in shapes.iter().zip(&self.inputs).enumerate() {
             let fact = InferenceFact::dt_shape(datum(spec.dtype), shape.as_slice());
             model = model.with_input_fact(i, fact).map_err(load_error)?;
+        }
+        // Declared output shapes name the same symbols as the inputs' (`sequence`); with
+        // concrete inputs they would contradict the inferred sizes, so let tract infer them.
+        for i in 0..self.outputs.len() {
+            model = model
+                .with_output_fact(i, InferenceFact::default())
+                .map_err(load_error)?;
         }
         let plan = model
             .into_optimized()

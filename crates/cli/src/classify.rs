@@ -25,9 +25,17 @@ use crate::output::{Format, Writer};
 #[derive(Args)]
 pub struct ClassifyArgs {
     /// Images: files, folders (recursive), glob patterns such as 'more/*.jpg', or `-` to read
-    /// paths from stdin, one per line
+    /// paths from stdin, one per line. With --text: text files, one text a line (`-`: stdin)
     #[arg(required = true)]
     inputs: Vec<String>,
+
+    /// The inputs are text files, one text a line, for a text-classification `--model`
+    #[arg(long)]
+    text: bool,
+
+    /// With --text: refuse a text over the model's token limit instead of cutting it
+    #[arg(long, requires = "text")]
+    no_truncate: bool,
 
     /// Model folder or model.json (default: the bundled EfficientNet-Lite0)
     #[arg(long, env = "SINGLEPOINT_MODEL")]
@@ -191,9 +199,18 @@ fn apply_config(args: &mut ClassifyArgs) -> anyhow::Result<()> {
 }
 
 pub fn run(mut args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+    if args.text {
+        return run_text(&args);
+    }
     apply_config(&mut args)?;
     let mut settings = validate(&args)?;
     let model = Arc::new(load_model(args.model.as_deref())?);
+    if model.manifest.task == singlepoint_model::Task::TextClassification {
+        anyhow::bail!(
+            "`{}` is a text-classification model: add `--text`, and name text files (one text a line)",
+            model.manifest.name
+        );
+    }
     let loaded = load_engine(&model, args.backend, settings.engine, !args.no_fetch)
         .with_context(|| format!("cannot start the model `{}`", model.manifest.name))?;
     for warning in &loaded.warnings {
@@ -226,7 +243,7 @@ pub fn run(mut args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     let rss = reporting.then(|| RssSampler::start(Duration::from_millis(50)));
     let main_started = Instant::now();
 
-    let progress = progress_bar(args.quiet);
+    let progress = progress_bar(args.quiet, "images");
     let stdout = std::io::stdout();
     let mut writer = Writer::new(
         stdout.lock(),
@@ -303,14 +320,182 @@ pub fn run(mut args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn progress_bar(quiet: bool) -> Option<indicatif::ProgressBar> {
+/// `classify --text`: each line of the text files through a text-classification model.
+fn run_text(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let Some(path) = args.model.as_deref() else {
+        anyhow::bail!(
+            "`--text` needs a text-classification `--model` (the bundled model classifies images)"
+        );
+    };
+    let model = crate::embed::load_text_model(
+        Some(path),
+        || unreachable!("a model path is given"),
+        singlepoint_model::Task::TextClassification,
+        "classify --text",
+    )?;
+    let top_k = args.top_k.unwrap_or(match args.format {
+        FormatArg::Text => 1,
+        _ => 5,
+    });
+    if top_k == 0 {
+        anyhow::bail!("`--top-k` must be at least 1");
+    }
+    let run = crate::embed::start(
+        model,
+        args.backend,
+        args.no_fetch,
+        args.instances,
+        args.batch_size.unwrap_or(32),
+        top_k,
+        &args.cache,
+    )?;
+    let progress = progress_bar(args.quiet, "texts");
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if matches!(args.format, FormatArg::Csv) {
+        writeln!(
+            out,
+            "index,path,line,rank,class,label,probability,tokens,truncated,source,error"
+        )?;
+    }
+    let mut json_items = Vec::new();
+    let mut truncated = 0usize;
+    let mut write_error: Option<std::io::Error> = None;
+    let cpu_before = process_cpu_time();
+    let options = singlepoint_runtime::TextOptions {
+        truncate: !args.no_truncate,
+        normalize: None,
+    };
+    let stats = run.classifier.classify_texts(
+        singlepoint_runtime::TextLines::new(args.inputs.clone(), None),
+        options,
+        |result| {
+            if let Some(pb) = &progress {
+                pb.inc(1);
+            }
+            let place = crate::embed::place(&result);
+            let source = crate::embed::source_name(result.source);
+            let line = result.line.unwrap_or(0);
+            let item = match &result.outcome {
+                Ok(a) => {
+                    truncated += usize::from(a.truncated());
+                    serde_json::json!({
+                        "index": result.idx,
+                        "path": result.path.display().to_string(),
+                        "line": line,
+                        "label": a.answer.display_label,
+                        "top": a.answer.top.iter().map(|c| serde_json::json!({
+                            "class": c.class_idx, "label": c.label, "probability": c.probability,
+                        })).collect::<Vec<_>>(),
+                        "tokens": a.tokens,
+                        "truncated": a.truncated(),
+                        "source": source,
+                    })
+                }
+                Err(e) => {
+                    let message = format!("error: `{place}`: {e}");
+                    match &progress {
+                        Some(pb) => pb.suspend(|| eprintln!("{message}")),
+                        None => eprintln!("{message}"),
+                    }
+                    serde_json::json!({
+                        "index": result.idx,
+                        "path": result.path.display().to_string(),
+                        "line": line,
+                        "error": e.to_string(),
+                    })
+                }
+            };
+            let written = match args.format {
+                FormatArg::Text => match &result.outcome {
+                    Ok(a) if args.top_k.is_some() => {
+                        let top: Vec<String> = a
+                            .answer
+                            .top
+                            .iter()
+                            .map(|c| format!("{} {:.3}", c.label, c.probability))
+                            .collect();
+                        writeln!(out, "Text {}: {}", result.idx, top.join(", "))
+                    }
+                    Ok(a) => writeln!(out, "Text {}: {}", result.idx, a.answer.display_label),
+                    Err(_) => writeln!(out, "Text {}: error", result.idx),
+                },
+                FormatArg::Jsonl => writeln!(out, "{item}"),
+                FormatArg::Json => {
+                    json_items.push(item);
+                    Ok(())
+                }
+                FormatArg::Csv => {
+                    let head = format!(
+                        "{},{},{line}",
+                        result.idx,
+                        crate::output::csv_field(&result.path.display().to_string())
+                    );
+                    match &result.outcome {
+                        Ok(a) => a.answer.top.iter().enumerate().try_for_each(|(rank, c)| {
+                            writeln!(
+                                out,
+                                "{head},{},{},{},{},{},{},{source},",
+                                rank + 1,
+                                c.class_idx,
+                                crate::output::csv_field(&c.label),
+                                c.probability,
+                                a.tokens,
+                                a.truncated()
+                            )
+                        }),
+                        Err(e) => writeln!(
+                            out,
+                            "{head},,,,,,,failed,{}",
+                            crate::output::csv_field(&e.to_string())
+                        ),
+                    }
+                }
+            };
+            match written {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    write_error = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        },
+    )?;
+    let cpu = process_cpu_time().saturating_sub(cpu_before);
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write results");
+    }
+    if matches!(args.format, FormatArg::Json) {
+        writeln!(out, "{}", serde_json::json!({ "results": json_items }))?;
+    }
+    out.flush().context("cannot write results")?;
+    if !args.quiet {
+        eprintln!(
+            "{}",
+            crate::embed::summary(&stats, truncated, cpu, run.engine)
+        );
+    }
+    Ok(if stats.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub(crate) fn progress_bar(quiet: bool, noun: &str) -> Option<indicatif::ProgressBar> {
     if quiet || !std::io::stderr().is_terminal() {
         return None;
     }
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {pos} images, {per_sec}, {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {{pos}} {noun}, {{per_sec}}, {{elapsed}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     pb.enable_steady_tick(Duration::from_millis(200));
     Some(pb)

@@ -19,12 +19,13 @@ use singlepoint_runtime::cputime::{children_cpu_time, process_cpu_time};
 use singlepoint_runtime::detect::{DetectOptions, Detection};
 use singlepoint_runtime::inputs::has_video_extension;
 use singlepoint_runtime::{
-    load_engine, AnswerSource, BackendChoice, Classifier, FrameInfo, FrameOptions, InputEntry,
-    Inputs, ItemResult, PipelineConfig,
+    load_engine, BackendChoice, Classifier, FrameInfo, FrameOptions, InputEntry, Inputs,
+    ItemResult, PipelineConfig,
 };
 
 use crate::cache_args::{CacheArgs, CostArgs};
 use crate::draw::{Drawer, VideoDrawing};
+use crate::embed::source_name;
 
 #[derive(Args)]
 pub struct DetectArgs {
@@ -197,16 +198,6 @@ fn csv_rows(result: &ItemResult<Vec<Detection>>) -> String {
                 )
             })
             .collect(),
-    }
-}
-
-fn source_name(source: AnswerSource) -> &'static str {
-    match source {
-        AnswerSource::Computed => "computed",
-        AnswerSource::Cache => "cache",
-        AnswerSource::Coalesced => "coalesced",
-        AnswerSource::Reused => "reused",
-        AnswerSource::Failed => "failed",
     }
 }
 

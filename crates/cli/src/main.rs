@@ -6,6 +6,7 @@ mod cache_args;
 mod classify;
 mod detect;
 mod draw;
+mod embed;
 mod init;
 mod output;
 mod serve;
@@ -40,6 +41,9 @@ enum Command {
     /// Detect objects in images (the bundled YOLOv3-tiny, COCO's 80 classes, by default):
     /// `Image 0: car 0.70 [466,71,680,170], ...`
     Detect(detect::DetectArgs),
+    /// Embed texts, one a line of each file or stdin (the bundled all-MiniLM-L6-v2, 384
+    /// dimensions, by default): jsonl, csv or npy
+    Embed(embed::EmbedArgs),
     /// Serve models over HTTP: Open Inference Protocol v2 (KServe/Triton REST) and
     /// POST /v1/models/{name}/classify for images; GET /openapi.json lists every endpoint
     Serve(serve::ServeArgs),
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Classify(args) => classify::run(args),
         Command::Detect(args) => detect::run(args),
+        Command::Embed(args) => embed::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Tune(args) => tune::run(args),
         Command::Init(args) => init::run(args),

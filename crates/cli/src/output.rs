@@ -192,7 +192,7 @@ fn item_json(result: &ItemResult) -> Value {
 }
 
 /// RFC 4180 quoting: fields with a comma, quote or line break are quoted, quotes doubled.
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
@@ -222,6 +222,7 @@ mod tests {
                 }),
                 source: AnswerSource::Computed,
                 frame: None,
+                line: None,
             },
             ItemResult {
                 idx: 1,
@@ -229,6 +230,7 @@ mod tests {
                 outcome: Err(ItemError::Read("gone".into())),
                 source: AnswerSource::Failed,
                 frame: None,
+                line: None,
             },
         ]
     }

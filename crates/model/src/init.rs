@@ -156,6 +156,12 @@ pub fn describe(file: &Path, bytes: &[u8], options: &Options) -> Result<String, 
                 "init writes `tensor` and `image-classification` manifests; for an object detector write the `detection` section (output layout, thresholds) and its letterbox by hand, as models/yolov3-tiny/model.json does".into(),
             ))
         }
+        Task::TextEmbedding | Task::TextClassification => {
+            return Err(InitError::Invalid(format!(
+                "init writes `tensor` and `image-classification` manifests; for `{}` write the `text` section (tokenizer file, max_length, pooling) by hand, as models/all-minilm-l6-v2/model.json does",
+                task.as_str()
+            )))
+        }
         Task::ImageClassification => {
             let image = image_fields(&shown, &sig, options)?;
             fields.push(("inputs", json!([tensor(&sig.inputs[0], false)])));

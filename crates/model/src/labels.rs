@@ -145,6 +145,7 @@ pub fn classify_row(
 ) -> Classification {
     let probabilities = match activation {
         Activation::Softmax => softmax(row),
+        Activation::Sigmoid => row.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
         Activation::None => row.to_vec(),
     };
     let top = top_k_indices(&probabilities, top_k.max(1));

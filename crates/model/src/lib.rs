@@ -13,6 +13,7 @@ pub mod labels;
 pub mod manifest;
 pub mod onnx;
 pub mod preprocess;
+pub mod text;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,9 +24,11 @@ use singlepoint_core::{Dim, ModelDigest, TensorSpec};
 pub use decode::{decode_rgb, DecodeError, DecodeInfo, DecodeLimits, RgbImage};
 pub use labels::{classify_row, ClassScore, Classification, LabelGroups, Labels};
 pub use manifest::{
-    Activation, DetectionLayout, DetectionSpec, ImageSpec, InputDecl, Manifest, Preprocess, Task,
+    Activation, DetectionLayout, DetectionSpec, ImageSpec, InputDecl, Manifest, Pooling,
+    Preprocess, Task, TextInput, TextSpec,
 };
 pub use preprocess::{PreprocessError, Preprocessor};
+pub use text::{Encoded, TextEncoder, TextError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -81,6 +84,8 @@ pub struct Model {
     pub onnx: Arc<[u8]>,
     pub labels: Option<Labels>,
     pub groups: Option<LabelGroups>,
+    /// A text model's tokenizer (read and checked at load).
+    pub text: Option<Arc<TextEncoder>>,
     pub digest: ModelDigest,
 }
 
@@ -235,7 +240,15 @@ impl Model {
             }
             _ => (None, String::new()),
         };
-        let digest = model_digest(&manifest, &onnx, &labels_text, &groups_text);
+        let (text, tokenizer) = match &manifest.text {
+            Some(spec) => {
+                let bytes = read(&spec.tokenizer)?;
+                let encoder = TextEncoder::new(&in_dir(&spec.tokenizer), &bytes, spec.max_length)?;
+                (Some(Arc::new(encoder)), bytes)
+            }
+            None => (None, Vec::new()),
+        };
+        let digest = model_digest(&manifest, &onnx, &labels_text, &groups_text, &tokenizer);
         Ok(Model {
             manifest,
             origin,
@@ -243,6 +256,7 @@ impl Model {
             onnx: onnx.into(),
             labels,
             groups,
+            text,
             digest,
         })
     }
@@ -298,6 +312,32 @@ impl Model {
             read,
         )
         .expect("the bundled detector is validated by the test suite")
+    }
+
+    /// The bundled text embedder, all-MiniLM-L6-v2 with int8 weights (Apache-2.0:
+    /// `models/all-minilm-l6-v2/README.md`), compiled into the binary so that
+    /// `singlepoint embed` works from any directory.
+    pub fn bundled_embedder() -> Model {
+        const MANIFEST: &str = include_str!("../../../models/all-minilm-l6-v2/model.json");
+        const ONNX: &[u8] = include_bytes!("../../../models/all-minilm-l6-v2/model.onnx");
+        const TOKENIZER: &[u8] = include_bytes!("../../../models/all-minilm-l6-v2/tokenizer.json");
+        let read = |rel: &str| -> Result<Vec<u8>, ModelError> {
+            match rel {
+                "model.onnx" => Ok(ONNX.to_vec()),
+                "tokenizer.json" => Ok(TOKENIZER.to_vec()),
+                other => Err(ModelError::InvalidFile {
+                    file: PathBuf::from(other),
+                    reason: "is not part of the bundled embedder".into(),
+                }),
+            }
+        };
+        Model::from_parts(
+            "bundled:all-minilm-l6-v2".into(),
+            Path::new("bundled:all-minilm-l6-v2/model.json"),
+            MANIFEST,
+            read,
+        )
+        .expect("the bundled embedder is validated by the test suite")
     }
 
     /// Checks the engine's view of the model's inputs and outputs against the manifest, so
@@ -386,7 +426,13 @@ impl Model {
 
 /// BLAKE3 over a format tag, the ONNX bytes and every manifest field that changes answers.
 /// The model's `name` is deliberately left out: renaming a folder does not change answers.
-fn model_digest(manifest: &Manifest, onnx: &[u8], labels: &str, groups: &str) -> ModelDigest {
+fn model_digest(
+    manifest: &Manifest,
+    onnx: &[u8],
+    labels: &str,
+    groups: &str,
+    tokenizer: &[u8],
+) -> ModelDigest {
     let mut fields = String::new();
     let _ = writeln!(
         fields,
@@ -443,6 +489,9 @@ fn model_digest(manifest: &Manifest, onnx: &[u8], labels: &str, groups: &str) ->
             );
         }
     }
+    if let Some(text) = &manifest.text {
+        let _ = writeln!(fields, "{}", text::spec_fields(text));
+    }
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"singlepoint-model-identity-v1\0");
     for part in [
@@ -453,6 +502,11 @@ fn model_digest(manifest: &Manifest, onnx: &[u8], labels: &str, groups: &str) ->
     ] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
+    }
+    // Only text models have one (so image models keep the digests they always had).
+    if manifest.text.is_some() {
+        hasher.update(&(tokenizer.len() as u64).to_le_bytes());
+        hasher.update(tokenizer);
     }
     ModelDigest(*hasher.finalize().as_bytes())
 }

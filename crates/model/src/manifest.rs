@@ -10,23 +10,28 @@ use singlepoint_core::{DType, Dim, TensorSpec};
 
 use crate::ModelError;
 
-/// What a model does: image classification (encoded images in, ranked classes out), or
-/// `tensor` (any ONNX model: named tensors in, named tensors out). Text and audio tasks will
-/// add variants with their own preprocessing.
+/// What a model does: image classification (encoded images in, ranked classes out), object
+/// detection (images in, boxes out), text embedding and text classification (texts in,
+/// through the model's tokenizer; a vector or ranked classes out), or `tensor` (any ONNX
+/// model: named tensors in, named tensors out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Task {
     ImageClassification,
     ObjectDetection,
+    TextEmbedding,
+    TextClassification,
     Tensor,
 }
 
 impl Task {
-    pub const NAMES: &'static str = "`image-classification`, `object-detection` or `tensor`";
+    pub const NAMES: &'static str = "`image-classification`, `object-detection`, `text-embedding`, `text-classification` or `tensor`";
 
     pub fn as_str(self) -> &'static str {
         match self {
             Task::ImageClassification => "image-classification",
             Task::ObjectDetection => "object-detection",
+            Task::TextEmbedding => "text-embedding",
+            Task::TextClassification => "text-classification",
             Task::Tensor => "tensor",
         }
     }
@@ -35,10 +40,73 @@ impl Task {
         match name {
             "image-classification" => Some(Task::ImageClassification),
             "object-detection" => Some(Task::ObjectDetection),
+            "text-embedding" => Some(Task::TextEmbedding),
+            "text-classification" => Some(Task::TextClassification),
             "tensor" => Some(Task::Tensor),
             _ => None,
         }
     }
+
+    /// Texts in, through a tokenizer.
+    pub fn is_text(self) -> bool {
+        matches!(self, Task::TextEmbedding | Task::TextClassification)
+    }
+}
+
+/// How a text embedder's token vectors become one vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The mean over the tokens the attention mask keeps (special tokens included).
+    Mean,
+    /// The first token's vector (`[CLS]`).
+    Cls,
+    /// The largest value of each dimension over the kept tokens.
+    Max,
+}
+
+/// What a text model's input is to the tokenizer's encoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TextInput {
+    /// `input_ids`: the token ids (padded with the tokenizer's pad id).
+    Ids,
+    /// `attention_mask`: 1 for a token, 0 for padding.
+    Mask,
+    /// `token_type_ids`: the segment of each token (0 for a single text).
+    TypeIds,
+}
+
+impl TextInput {
+    pub const NAMES: &'static str = "`input_ids`, `attention_mask` or `token_type_ids`";
+
+    pub fn of_name(name: &str) -> Option<TextInput> {
+        match name {
+            "input_ids" => Some(TextInput::Ids),
+            "attention_mask" => Some(TextInput::Mask),
+            "token_type_ids" => Some(TextInput::TypeIds),
+            _ => None,
+        }
+    }
+}
+
+/// What a text task adds to the manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextSpec {
+    /// The tokenizer file (Hugging Face `tokenizer.json`), relative to the model's folder.
+    /// Its own truncation and padding settings are ignored: texts are cut at `max_length`
+    /// (when the request allows it) and batches are padded to their longest item.
+    pub tokenizer: String,
+    /// The most tokens the model takes, special tokens included.
+    pub max_length: usize,
+    /// What each model input is, in the model's order.
+    pub roles: Vec<TextInput>,
+    /// Embeddings: how token vectors become one (`None` when the model's output is already
+    /// one vector per text).
+    pub pooling: Option<Pooling>,
+    /// Embeddings: L2-normalise unless a request says otherwise.
+    pub normalize: bool,
+    /// Classification: how the output row becomes probabilities.
+    pub activation: Activation,
 }
 
 /// How a detector's outputs hold its candidate boxes.
@@ -285,6 +353,8 @@ impl Preprocess {
 pub enum Activation {
     /// The output holds logits: apply softmax to get probabilities.
     Softmax,
+    /// Independent classes (multi-label): the logistic function of each logit.
+    Sigmoid,
     /// The output already holds probabilities.
     None,
 }
@@ -313,6 +383,8 @@ pub struct Manifest {
     pub outputs: Vec<TensorSpec>,
     /// Present exactly for image tasks.
     pub image: Option<ImageSpec>,
+    /// Present exactly for text tasks.
+    pub text: Option<TextSpec>,
     pub labels: Option<String>,
     pub label_groups: Option<String>,
 }
@@ -330,6 +402,7 @@ struct RawManifest {
     preprocess: Option<RawPreprocess>,
     postprocess: Option<RawPostprocess>,
     detection: Option<RawDetection>,
+    text: Option<RawText>,
     labels: Option<String>,
     label_groups: Option<String>,
     #[serde(default)]
@@ -412,6 +485,18 @@ fn default_min_score() -> f32 {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawText {
+    tokenizer: String,
+    max_length: usize,
+    pooling: Option<Pooling>,
+    normalize: Option<bool>,
+}
+
+/// The most tokens a text model may declare; beyond it is a typo.
+const MAX_TOKENS: usize = 1 << 16;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawCrop {
     /// `[height, width]`
     center: [u32; 2],
@@ -490,11 +575,12 @@ impl Manifest {
                 ("postprocess", raw.postprocess.is_some()),
                 ("labels", raw.labels.is_some()),
                 ("detection", raw.detection.is_some()),
+                ("text", raw.text.is_some()),
             ] {
                 if present {
                     return Err(invalid(
                         field,
-                        "belongs to image tasks; a `tensor` model takes and gives tensors as they are"
+                        "belongs to image and text tasks; a `tensor` model takes and gives tensors as they are"
                             .into(),
                     ));
                 }
@@ -507,6 +593,7 @@ impl Manifest {
                 inputs,
                 outputs: outputs.into_iter().map(|d| d.spec).collect(),
                 image: None,
+                text: None,
                 labels: None,
                 label_groups: None,
             });
@@ -523,6 +610,12 @@ impl Manifest {
                     "`pad` and `max_length` belong to `tensor` models".into(),
                 ));
             }
+        }
+        if task.is_text() {
+            return text_manifest(raw, task, inputs, outputs, &invalid);
+        }
+        if raw.text.is_some() {
+            return Err(invalid("text", "belongs to text tasks".into()));
         }
         let detection = match (task, raw.detection) {
             (Task::ObjectDetection, Some(d)) => Some(check_detection(d, &outputs, &invalid)?),
@@ -750,6 +843,7 @@ impl Manifest {
                 },
                 detection,
             }),
+            text: None,
             labels: raw.labels,
             label_groups: raw.label_groups,
         })
@@ -765,8 +859,11 @@ impl Manifest {
         &self.outputs[0]
     }
 
-    /// Number of classes, when the manifest fixes it (image tasks).
+    /// Number of classes, when the manifest fixes it (image and text classifiers, detectors).
     pub fn classes(&self) -> Option<usize> {
+        if self.task == Task::TextClassification {
+            return self.output().shape.get(1).and_then(|d| d.fixed());
+        }
         let image = self.image.as_ref()?;
         match image.detection.map(|d| d.layout) {
             None => self.output().shape.get(1).and_then(|d| d.fixed()),
@@ -782,6 +879,181 @@ impl Manifest {
             .filter_map(|i| i.spec.shape.first().and_then(|d| d.fixed()))
             .min()
     }
+}
+
+/// Validates a text task's manifest: the tokenizer, which input is which, the output's shape
+/// for the task.
+fn text_manifest(
+    raw: RawManifest,
+    task: Task,
+    inputs: Vec<InputDecl>,
+    outputs: Vec<InputDecl>,
+    invalid: &dyn Fn(&str, String) -> ModelError,
+) -> Result<Manifest, ModelError> {
+    for (field, present) in [
+        ("preprocess", raw.preprocess.is_some()),
+        ("detection", raw.detection.is_some()),
+    ] {
+        if present {
+            return Err(invalid(field, "belongs to image tasks".into()));
+        }
+    }
+    let t = raw.text.ok_or_else(|| {
+        invalid(
+            "text",
+            "is missing: a text task needs its `tokenizer` file and `max_length`".into(),
+        )
+    })?;
+    check_relative_path(&t.tokenizer).map_err(|r| invalid("text.tokenizer", r))?;
+    if t.max_length < 2 || t.max_length > MAX_TOKENS {
+        return Err(invalid(
+            "text.max_length",
+            format!("must be between 2 and {MAX_TOKENS} tokens"),
+        ));
+    }
+    let mut roles = Vec::with_capacity(inputs.len());
+    let mut sequence: Option<&str> = None;
+    for (i, d) in inputs.iter().enumerate() {
+        let field = format!("inputs[{i}]");
+        if d.pad.is_some() || d.max_length.is_some() {
+            return Err(invalid(
+                &field,
+                "`pad` and `max_length` come from the tokenizer and `text.max_length` in a text task".into(),
+            ));
+        }
+        let role = TextInput::of_name(&d.spec.name).ok_or_else(|| {
+            invalid(
+                &format!("{field}.name"),
+                format!(
+                    "`{}` is not an input a tokenizer gives; expected {}",
+                    d.spec.name,
+                    TextInput::NAMES
+                ),
+            )
+        })?;
+        if !matches!(d.spec.dtype, DType::Int64 | DType::Int32) {
+            return Err(invalid(
+                &format!("{field}.dtype"),
+                format!("`{}`: token inputs are `int64` or `int32`", d.spec.dtype),
+            ));
+        }
+        let name = match (d.spec.shape.as_slice(), d.spec.symbol(1)) {
+            ([_, Dim::Dynamic], Some(name)) => name,
+            _ => {
+                return Err(invalid(
+                    &format!("{field}.shape"),
+                    format!(
+                        "expected [batch, sequence] with the sequence axis named (as `[-1, \"sequence\"]`), found {}",
+                        d.spec.shape_string()
+                    ),
+                ))
+            }
+        };
+        match sequence {
+            Some(s) if s != name => {
+                return Err(invalid(
+                    &format!("{field}.shape"),
+                    format!(
+                        "the sequence axis is `{name}` here and `{s}` before: one text, one length"
+                    ),
+                ))
+            }
+            _ => sequence = Some(name),
+        }
+        roles.push(role);
+    }
+    if !roles.contains(&TextInput::Ids) {
+        return Err(invalid("inputs", "has no `input_ids`".into()));
+    }
+    let output = &outputs[0].spec;
+    if output.dtype != DType::Float32 {
+        return Err(invalid(
+            "outputs[0].dtype",
+            format!("`{}` is not supported; expected `float32`", output.dtype),
+        ));
+    }
+    let per_token = output.shape.len() == 3 && output.symbol(1) == sequence;
+    let pooling = match task {
+        Task::TextEmbedding => {
+            if t.pooling.is_some() && !per_token {
+                return Err(invalid(
+                    "text.pooling",
+                    "the output is one vector per text already; pooling needs [batch, sequence, hidden] named like the inputs' sequence axis".into(),
+                ));
+            }
+            if !per_token && output.shape.len() != 2 {
+                return Err(invalid(
+                    "outputs[0].shape",
+                    format!(
+                        "expected [batch, sequence, hidden] (pooled here) or [batch, hidden], found {}",
+                        output.shape_string()
+                    ),
+                ));
+            }
+            if output.shape.last().and_then(|d| d.fixed()).is_none() {
+                return Err(invalid(
+                    "outputs[0].shape",
+                    "the embedding's size (last axis) must be fixed".into(),
+                ));
+            }
+            if per_token {
+                Some(t.pooling.ok_or_else(|| {
+                    invalid(
+                        "text.pooling",
+                        "is missing: `mean`, `cls` or `max` (how token vectors become one)".into(),
+                    )
+                })?)
+            } else {
+                None
+            }
+        }
+        _ => {
+            if t.pooling.is_some() || t.normalize.is_some() {
+                return Err(invalid(
+                    "text",
+                    "`pooling` and `normalize` belong to text-embedding models".into(),
+                ));
+            }
+            if output.shape.len() != 2 || output.shape[1].fixed().is_none() {
+                return Err(invalid(
+                    "outputs[0].shape",
+                    format!("expected [batch, classes], found {}", output.shape_string()),
+                ));
+            }
+            None
+        }
+    };
+    if task == Task::TextEmbedding && (raw.labels.is_some() || raw.postprocess.is_some()) {
+        return Err(invalid(
+            if raw.labels.is_some() {
+                "labels"
+            } else {
+                "postprocess"
+            },
+            "belongs to classifiers".into(),
+        ));
+    }
+    Ok(Manifest {
+        name: raw.name,
+        version: raw.version,
+        task,
+        onnx: raw.onnx,
+        inputs,
+        outputs: outputs.into_iter().map(|d| d.spec).collect(),
+        image: None,
+        text: Some(TextSpec {
+            tokenizer: t.tokenizer,
+            max_length: t.max_length,
+            roles,
+            pooling,
+            normalize: t.normalize.unwrap_or(true),
+            activation: raw
+                .postprocess
+                .map_or(Activation::Softmax, |p| p.activation),
+        }),
+        labels: raw.labels,
+        label_groups: raw.label_groups,
+    })
 }
 
 /// Checks a detector's thresholds and that its outputs have the layout's shapes.
@@ -1175,5 +1447,79 @@ mod tests {
         assert_eq!(r.target_size(512, 600), (256, 300));
         assert_eq!(r.target_size(512, 512), (256, 256));
         assert_eq!(r.target_size(1, 100_000), (256, 25_600_000));
+    }
+
+    const TEXT: &str = r#"{
+        "name": "e", "task": "text-embedding", "onnx": "model.onnx",
+        "inputs": [
+            { "name": "input_ids", "dtype": "int64", "shape": [-1, "sequence"] },
+            { "name": "attention_mask", "dtype": "int64", "shape": [-1, "sequence"] }
+        ],
+        "outputs": [{ "name": "h", "dtype": "float32", "shape": [-1, "sequence", 8] }],
+        "text": { "tokenizer": "tokenizer.json", "max_length": 128, "pooling": "mean" }
+    }"#;
+
+    #[test]
+    fn text_manifests_say_which_input_is_which_and_how_to_pool() {
+        let m = Manifest::from_json(Path::new("m.json"), TEXT).unwrap();
+        let t = m.text.unwrap();
+        assert_eq!(t.roles, vec![TextInput::Ids, TextInput::Mask]);
+        assert_eq!(t.pooling, Some(Pooling::Mean));
+        assert!(t.normalize);
+        assert_eq!(t.max_length, 128);
+    }
+
+    #[test]
+    fn invalid_text_manifests_name_the_field() {
+        let cases = [
+            (r#""input_ids""#, r#""ids""#, "inputs[0].name"),
+            (
+                r#""pooling": "mean""#,
+                r#""pooling": "mean", "x": 1"#,
+                "unknown field",
+            ),
+            (r#", "pooling": "mean""#, "", "text.pooling"),
+            (
+                r#""max_length": 128"#,
+                r#""max_length": 1"#,
+                "text.max_length",
+            ),
+            (
+                r#""tokenizer.json""#,
+                r#""../tokenizer.json""#,
+                "text.tokenizer",
+            ),
+            (
+                r#"[-1, "sequence"] },
+            { "name": "attention_mask""#,
+                r#"[-1, 16] },
+            { "name": "attention_mask""#,
+                "inputs[0].shape",
+            ),
+            (
+                r#""int64", "shape": [-1, "sequence"] },
+            { "name": "attention_mask", "dtype": "int64""#,
+                r#""float32", "shape": [-1, "sequence"] },
+            { "name": "attention_mask", "dtype": "int64""#,
+                "inputs[0].dtype",
+            ),
+            (r#""text-embedding""#, r#""text-classification""#, "text"),
+        ];
+        for (from, to, field) in cases {
+            assert!(TEXT.contains(from), "{from}");
+            let text = TEXT.replacen(from, to, 1);
+            let err = Manifest::from_json(Path::new("m.json"), &text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{from} -> {to}: {err}");
+        }
+        let no_text = TEXT.replace(
+            r#""text": { "tokenizer": "tokenizer.json", "max_length": 128, "pooling": "mean" }"#,
+            r#""labels": "l.txt""#,
+        );
+        let err = Manifest::from_json(Path::new("m.json"), &no_text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("labels") || err.contains("text"), "{err}");
     }
 }

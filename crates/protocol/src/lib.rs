@@ -9,6 +9,7 @@
 
 pub mod form;
 pub mod oip;
+pub mod text;
 
 use bytes::Bytes;
 
@@ -25,4 +26,10 @@ pub enum ItemInput {
     /// One row of each of a tensor model's inputs, in the model's order, each without the
     /// batch axis; already checked against the manifest (types, ranks, sizes, shared lengths).
     Tensors(Vec<singlepoint_core::AnyTensor>),
+    /// A text for a text model, tokenised with the model's tokenizer; over the model's token
+    /// limit it is cut when `truncate`, else refused.
+    Text {
+        text: std::sync::Arc<str>,
+        truncate: bool,
+    },
 }

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod reuse;
 pub mod service;
 pub mod task;
+pub mod text_inputs;
 pub mod tune;
 pub mod video;
 
@@ -30,12 +31,13 @@ pub use engine::{ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine};
 pub use inputs::{InputEntry, Inputs};
 pub use pipeline::{
     AnswerSource, Classifier, FrameInfo, FrameOptions, ItemResult, PipelineConfig, ReusedFrom,
-    RunStats,
+    RunStats, TextAnswer, TextOptions,
 };
 pub use service::{
     Answer, BatchConfig, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket,
 };
-pub use task::{ImageClassification, Task};
+pub use task::{ImageClassification, Task, TextTask};
+pub use text_inputs::{TextEntry, TextLines};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

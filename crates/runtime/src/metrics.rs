@@ -116,6 +116,10 @@ pub struct ModelMetrics {
     pub coalesced: AtomicU64,
     pub rejected: AtomicU64,
     pub expired: AtomicU64,
+    /// Inputs padded to share a run: the positions holding the items' own values (tokens,
+    /// for a text model) and the positions run, padding included (of the first padded input).
+    pub padded_used: AtomicU64,
+    pub padded_slots: AtomicU64,
     /// CPU time of the threads that did each stage, in nanoseconds.
     pub cpu: StageCpu,
 }
@@ -158,6 +162,8 @@ impl Default for ModelMetrics {
             cache_misses: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            padded_used: AtomicU64::new(0),
+            padded_slots: AtomicU64::new(0),
             expired: AtomicU64::new(0),
             cpu: StageCpu::default(),
         }

@@ -37,7 +37,8 @@ use crate::metrics::StageCpu;
 use crate::reuse::{Decision, ReuseGate, Thumbnail};
 use crate::service::{BatchConfig, ItemError, ItemInput, ModelService, Source, Ticket};
 use crate::task::Outputs;
-use crate::task::{self, ImageClassification, ObjectDetection, Task};
+use crate::task::{self, ImageClassification, ObjectDetection, Task, TextTask};
+use crate::text_inputs::TextEntry;
 use crate::video::{FrameReader, VideoOptions};
 use crate::RuntimeError;
 
@@ -114,6 +115,39 @@ pub struct ItemResult<T = Classification> {
     pub source: AnswerSource,
     /// For a frame of a video: which one, and where its answer came from.
     pub frame: Option<FrameInfo>,
+    /// For a line of a text file: its number, from 1.
+    pub line: Option<usize>,
+}
+
+/// A text model's answer for one text, with its tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextAnswer<T> {
+    pub answer: T,
+    /// Tokens the model read, special tokens included.
+    pub tokens: usize,
+    /// Tokens of the whole text: more than `tokens` when it was cut at the model's limit.
+    pub whole: usize,
+}
+
+impl<T> TextAnswer<T> {
+    pub fn truncated(&self) -> bool {
+        self.whole > self.tokens
+    }
+}
+
+/// How a run reads texts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Cut a text over the model's token limit (and say so in its answer) rather than fail it.
+    pub truncate: bool,
+    /// Embeddings: L2-normalise (`None`: as the model's manifest says).
+    pub normalize: Option<bool>,
+}
+
+/// What a run's producer submits: files (images, videos) or texts.
+enum RunInput {
+    File(InputEntry),
+    Text(TextEntry, bool),
 }
 
 /// A video frame's place in its video.
@@ -180,6 +214,10 @@ pub struct RunStats {
     /// Video frames among the items, and those answered by reuse.
     pub frames: usize,
     pub reused: usize,
+    /// Padded inputs (text models' tokens): positions holding the items' own values, and
+    /// positions run, padding included.
+    pub tokens: usize,
+    pub token_slots: usize,
     /// CPU time of the difference detector (thumbnails and comparisons).
     pub difference: Duration,
     /// CPU time computing content keys and consulting the cache.
@@ -214,6 +252,7 @@ struct Submitted {
     path: PathBuf,
     pending: Pending,
     frame: Option<FrameInfo>,
+    line: Option<usize>,
 }
 
 enum Pending {
@@ -288,9 +327,75 @@ impl Classifier {
         let model = self.model.clone();
         self.run_task(
             Arc::new(task),
-            inputs,
+            inputs.map(RunInput::File),
             None,
             move |outputs| Ok(task::answer(&model, task::row(outputs), top_k)),
+            on_result,
+        )
+    }
+
+    /// Embeds every text of `texts` with a `text-embedding` model, in order, as
+    /// [`Classifier::run`] classifies images.
+    pub fn embed(
+        &self,
+        texts: impl Iterator<Item = TextEntry> + Send,
+        options: TextOptions,
+        on_result: impl FnMut(ItemResult<TextAnswer<Vec<f32>>>) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        if self.model.manifest.task != singlepoint_model::Task::TextEmbedding {
+            return Err(self.wrong_task("embed runs text-embedding models"));
+        }
+        let task = TextTask::new(self.model.clone())
+            .ok_or_else(|| self.wrong_task("embed runs text-embedding models"))?;
+        let normalize = options.normalize.unwrap_or_else(|| {
+            self.model
+                .manifest
+                .text
+                .as_ref()
+                .is_some_and(|t| t.normalize)
+        });
+        self.run_task(
+            Arc::new(task),
+            texts.map(move |t| RunInput::Text(t, options.truncate)),
+            None,
+            move |outputs| {
+                let (tokens, whole) = task::token_counts(outputs);
+                Ok(TextAnswer {
+                    answer: task::embedding(outputs, normalize),
+                    tokens,
+                    whole,
+                })
+            },
+            on_result,
+        )
+    }
+
+    /// Classifies every text of `texts` with a `text-classification` model, in order.
+    pub fn classify_texts(
+        &self,
+        texts: impl Iterator<Item = TextEntry> + Send,
+        options: TextOptions,
+        on_result: impl FnMut(ItemResult<TextAnswer<Classification>>) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        if self.model.manifest.task != singlepoint_model::Task::TextClassification {
+            return Err(self.wrong_task("classify --text runs text-classification models"));
+        }
+        let task = TextTask::new(self.model.clone())
+            .ok_or_else(|| self.wrong_task("classify --text runs text-classification models"))?;
+        let top_k = self.config.top_k;
+        let model = self.model.clone();
+        self.run_task(
+            Arc::new(task),
+            texts.map(move |t| RunInput::Text(t, options.truncate)),
+            None,
+            move |outputs| {
+                let (tokens, whole) = task::token_counts(outputs);
+                Ok(TextAnswer {
+                    answer: task::answer(&model, task::row(outputs), top_k),
+                    tokens,
+                    whole,
+                })
+            },
             on_result,
         )
     }
@@ -339,7 +444,7 @@ impl Classifier {
         let model = self.model.clone();
         self.run_task(
             Arc::new(task),
-            inputs,
+            inputs.map(RunInput::File),
             Some(frames),
             move |outputs| Ok(crate::detect::detections(&model, outputs, &options)),
             on_result,
@@ -362,7 +467,7 @@ impl Classifier {
     fn run_task<T>(
         &self,
         task: Arc<dyn Task>,
-        inputs: impl Iterator<Item = InputEntry> + Send,
+        inputs: impl Iterator<Item = RunInput> + Send,
         frames: Option<FrameOptions>,
         to_answer: impl Fn(&[singlepoint_core::AnyTensor]) -> Result<T, ItemError>,
         mut on_result: impl FnMut(ItemResult<T>) -> ControlFlow<()>,
@@ -398,7 +503,26 @@ impl Classifier {
                 let mut produced = Produced::default();
                 // No deadline: a run waits for every answer.
                 let deadline = Instant::now() + Duration::from_secs(365 * 86_400);
-                for (idx, entry) in inputs.enumerate() {
+                for (idx, input) in inputs.enumerate() {
+                    let entry = match input {
+                        RunInput::File(entry) => entry,
+                        RunInput::Text(entry, truncate) => {
+                            let ticket = entry.text.map_err(ItemError::Input).map(|text| {
+                                service.submit(ItemInput::Text { text, truncate }, deadline)
+                            });
+                            let item = Submitted {
+                                idx,
+                                path: entry.path,
+                                pending: Pending::Ticket(ticket),
+                                frame: None,
+                                line: Some(entry.line),
+                            };
+                            if tx.send(item).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
                     if let (Some(frames), None) = (frames, &entry.problem) {
                         if has_video_extension(&entry.path) {
                             let sent = submit_video(
@@ -431,6 +555,7 @@ impl Classifier {
                         path: entry.path,
                         pending: Pending::Ticket(ticket),
                         frame: None,
+                        line: None,
                     };
                     if tx.send(item).is_err() {
                         break;
@@ -445,6 +570,7 @@ impl Classifier {
                 path,
                 pending,
                 frame,
+                line,
             } in rx.iter()
             {
                 let from_core = |answer: Result<(Outputs, Source), ItemError>| {
@@ -486,6 +612,7 @@ impl Classifier {
                     outcome,
                     source,
                     frame,
+                    line,
                 };
                 if on_result(result).is_break() {
                     break;
@@ -508,6 +635,8 @@ impl Classifier {
         stats.batches = stats.model_executions;
         stats.cache_hits = load(&m.cache_hits);
         stats.coalesced = load(&m.coalesced);
+        stats.tokens = load(&m.padded_used);
+        stats.token_slots = load(&m.padded_slots);
         stats.cache = StageCpu::get(&m.cpu.key_cache);
         stats.decode += StageCpu::get(&m.cpu.decode);
         stats.preprocess = StageCpu::get(&m.cpu.preprocess);
@@ -538,6 +667,7 @@ fn submit_video(
             path: path.clone(),
             pending,
             frame,
+            line: None,
         };
         if tx.send(item).is_err() {
             ControlFlow::Break(())

@@ -399,6 +399,13 @@ impl ModelService {
                 crate::task::write_tensors(tensors, &mut bytes);
                 CacheKey::new(&shared.model.digest, encoding, &bytes)
             }
+            // The tokenizer, its limit and the pooling are the model digest's; what the
+            // request decides is whether an over-long text is cut.
+            ItemInput::Text { text, truncate } => CacheKey::from_parts(
+                &shared.model.digest,
+                encoding,
+                &[&[u8::from(*truncate)], text.as_bytes()],
+            ),
         };
         let lookup = || {
             let cache = shared.cache.as_ref()?;
@@ -806,6 +813,17 @@ fn run_group(
         Ok(inputs) => inputs,
         Err(e) => return fail(e),
     };
+    if let Some(k) = decls.iter().position(|d| d.pad.is_some()) {
+        let used: usize = group
+            .iter()
+            .filter_map(|&i| items[i].get(k))
+            .map(AnyTensor::len)
+            .sum();
+        let slots = inputs.get(k).map_or(0, AnyTensor::len);
+        let m = &shared.metrics;
+        m.padded_used.fetch_add(used as u64, Ordering::Relaxed);
+        m.padded_slots.fetch_add(slots as u64, Ordering::Relaxed);
+    }
     let padded = group.iter().any(|&i| {
         items[i]
             .iter()

@@ -10,8 +10,10 @@
 //! outputs shares them; the answer itself is the task's function of the outputs and the
 //! request's options (for classification, [`answer`]).
 //!
-//! Two tasks are implemented: [`ImageClassification`] (encoded images in, the score row out)
-//! and [`TensorTask`] (any ONNX model: named tensors in, every output out).
+//! Four tasks are implemented: [`ImageClassification`] (encoded images in, the score row
+//! out), [`ObjectDetection`] (images in, candidate boxes out), [`TextTask`] (texts in through
+//! the model's tokenizer, a pooled embedding or a score row out) and [`TensorTask`] (any ONNX
+//! model: named tensors in, every output out).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::time::Duration;
 use singlepoint_core::{AnyTensor, Buffer, DType, TensorSpec};
 use singlepoint_model::{
     classify_row, decode_rgb, Classification, DecodeLimits, DetectionSpec, ImageSpec, InputDecl,
-    Model, Preprocessor,
+    Model, Preprocessor, TextEncoder, TextInput, TextSpec,
 };
 use singlepoint_protocol::ItemInput;
 
@@ -43,6 +45,7 @@ pub trait Task: Send + Sync {
             ItemInput::Pixels { .. } => ENTRY_PIXELS,
             ItemInput::Tensor(_) => ENTRY_ROW,
             ItemInput::Tensors(_) => ENTRY_TENSORS,
+            ItemInput::Text { .. } => ENTRY_TEXT,
         }
     }
     /// The model's inputs in order, with how items of different shapes batch together.
@@ -104,6 +107,7 @@ const ENTRY_IMAGE: &[u8] = b"outputs-v1;input=encoded-image";
 const ENTRY_PIXELS: &[u8] = b"outputs-v1;input=rgb8-pixels";
 const ENTRY_ROW: &[u8] = b"outputs-v1;input=tensor-f32le";
 const ENTRY_TENSORS: &[u8] = b"outputs-v1;input=tensors";
+const ENTRY_TEXT: &[u8] = b"outputs-v1;input=text;answer+tokens";
 
 /// `image-classification`: encoded images decoded and preprocessed as the manifest says; the
 /// answer is the top classes of the output row.
@@ -136,11 +140,11 @@ pub fn row(outputs: &[AnyTensor]) -> &[f32] {
 /// The classification answer for one output row of `model`: the `top_k` classes with
 /// probabilities and labels, as every front-end derives it.
 pub fn answer(model: &Model, row: &[f32], top_k: usize) -> Classification {
-    let activation = model
-        .manifest
-        .image
-        .as_ref()
-        .map_or(singlepoint_model::Activation::None, |i| i.activation);
+    let activation = match (&model.manifest.image, &model.manifest.text) {
+        (Some(image), _) => image.activation,
+        (None, Some(text)) => text.activation,
+        (None, None) => singlepoint_model::Activation::None,
+    };
     classify_row(
         row,
         activation,
@@ -263,7 +267,7 @@ impl Prepare for ImagePreparer {
                     .map_err(|e| ItemError::Input(e.to_string()))?;
                 return Ok(vec![tensor].into());
             }
-            ItemInput::Tensors(_) => {
+            ItemInput::Tensors(_) | ItemInput::Text { .. } => {
                 return Err(ItemError::Input(
                     "an image model takes encoded images or its preprocessed input row".into(),
                 ))
@@ -343,9 +347,12 @@ impl Prepare for TensorPreparer {
     ) -> Result<Prepared, ItemError> {
         match input {
             ItemInput::Tensors(tensors) => Ok(tensors.into()),
-            ItemInput::Image(_) | ItemInput::Pixels { .. } | ItemInput::Tensor(_) => Err(
-                ItemError::Input("a tensor model takes its inputs as tensors, not images".into()),
-            ),
+            ItemInput::Image(_)
+            | ItemInput::Pixels { .. }
+            | ItemInput::Tensor(_)
+            | ItemInput::Text { .. } => Err(ItemError::Input(
+                "a tensor model takes its inputs as tensors, not images or texts".into(),
+            )),
         }
     }
 }
@@ -421,8 +428,168 @@ impl Task for ObjectDetection {
     }
 }
 
+/// `text-embedding` and `text-classification`: texts tokenised with the model's tokenizer
+/// (never padded alone: the core pads a batch to its longest text); the cache keeps an
+/// embedder's pooled vector before normalisation (each request chooses that) or a
+/// classifier's score row, and the text's token counts, `[used, whole]`.
+pub struct TextTask {
+    model: Arc<Model>,
+    spec: TextSpec,
+    encoder: Arc<TextEncoder>,
+    inputs: Vec<InputDecl>,
+}
+
+impl TextTask {
+    /// `None` when the model is not a text model.
+    pub fn new(model: Arc<Model>) -> Option<TextTask> {
+        let spec = model.manifest.text.clone()?;
+        let encoder = model.text.clone()?;
+        let inputs = model
+            .manifest
+            .inputs
+            .iter()
+            .zip(&spec.roles)
+            .map(|(d, &role)| InputDecl {
+                spec: d.spec.clone(),
+                pad: Some(singlepoint_model::text::pad_value(&encoder, role)),
+                max_length: Some(spec.max_length),
+            })
+            .collect();
+        Some(TextTask {
+            model,
+            spec,
+            encoder,
+            inputs,
+        })
+    }
+}
+
+impl Task for TextTask {
+    fn name(&self) -> &'static str {
+        self.model.manifest.task.as_str()
+    }
+
+    fn inputs(&self) -> &[InputDecl] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.model.manifest.outputs[..1]
+    }
+
+    fn preparer(&self) -> Box<dyn Prepare> {
+        Box::new(TextPreparer {
+            encoder: self.encoder.clone(),
+            roles: self.spec.roles.clone(),
+            dtypes: self.inputs.iter().map(|d| d.spec.dtype).collect(),
+        })
+    }
+
+    fn finish(
+        &self,
+        outputs: Vec<AnyTensor>,
+        context: &[AnyTensor],
+    ) -> Result<Vec<AnyTensor>, ItemError> {
+        let tokens = context
+            .first()
+            .cloned()
+            .ok_or_else(|| ItemError::Inference("the text's token counts are missing".into()))?;
+        let first = outputs
+            .into_iter()
+            .next()
+            .ok_or_else(|| ItemError::Inference("the model gave no output".into()))?;
+        let row = match (self.spec.pooling, first.as_f32()) {
+            (Some(pooling), Some(hidden)) => {
+                let dim = first.shape().last().copied().unwrap_or(0);
+                let v = singlepoint_model::text::pool(hidden, dim, pooling);
+                AnyTensor::new(vec![dim], Buffer::F32(v))
+                    .map_err(|e| ItemError::Inference(e.to_string()))?
+            }
+            (None, Some(_)) => first,
+            (_, None) => {
+                return Err(ItemError::Inference(format!(
+                    "the model's output is {}, not float32",
+                    first.dtype()
+                )))
+            }
+        };
+        Ok(vec![row, tokens])
+    }
+}
+
+/// Tokenises texts into the model's inputs; notes `[used, whole]` token counts.
+struct TextPreparer {
+    encoder: Arc<TextEncoder>,
+    roles: Vec<TextInput>,
+    dtypes: Vec<DType>,
+}
+
+impl Prepare for TextPreparer {
+    fn prepare(
+        &mut self,
+        input: ItemInput,
+        times: &mut PrepareTimes,
+    ) -> Result<Prepared, ItemError> {
+        let ItemInput::Text { text, truncate } = input else {
+            return Err(ItemError::Input(
+                "a text model takes texts, not images or tensors".into(),
+            ));
+        };
+        let t0 = thread_cpu_time();
+        let encoded =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.encoder.encode(&text, truncate)));
+        times.preprocess += thread_cpu_time().saturating_sub(t0);
+        let encoded = encoded
+            .map_err(|panic| ItemError::DecoderPanic(panic_message(&panic)))?
+            .map_err(|e| ItemError::Input(format!("the text {e}")))?;
+        let n = encoded.ids.len();
+        let inputs = self
+            .roles
+            .iter()
+            .zip(&self.dtypes)
+            .map(|(&role, &dtype)| {
+                let values = singlepoint_model::text::input_values(&encoded, role);
+                let data = match dtype {
+                    DType::Int32 => Buffer::I32(values.iter().map(|&v| v as i32).collect()),
+                    _ => Buffer::I64(values),
+                };
+                AnyTensor::new(vec![n], data).map_err(|e| ItemError::Input(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = AnyTensor::new(
+            vec![2],
+            Buffer::I64(vec![n as i64, encoded.original as i64]),
+        )
+        .map_err(|e| ItemError::Input(e.to_string()))?;
+        Ok(Prepared {
+            inputs,
+            context: vec![tokens],
+        })
+    }
+}
+
+/// An embedder's answer as a request wants it: the stored vector, L2-normalised or not.
+pub fn embedding(outputs: &[AnyTensor], normalize: bool) -> Vec<f32> {
+    let mut v = row(outputs).to_vec();
+    if normalize {
+        singlepoint_model::text::normalize(&mut v);
+    }
+    v
+}
+
+/// A text answer's token counts: `(used, whole)`; `whole > used` when the text was cut.
+pub fn token_counts(outputs: &[AnyTensor]) -> (usize, usize) {
+    match outputs.get(1).map(AnyTensor::data) {
+        Some(Buffer::I64(t)) if t.len() == 2 => (t[0].max(0) as usize, t[1].max(0) as usize),
+        _ => (0, 0),
+    }
+}
+
 /// The task a model's manifest names.
 pub fn for_model(model: Arc<Model>, limits: DecodeLimits) -> Arc<dyn Task> {
+    if let Some(text) = TextTask::new(model.clone()) {
+        return Arc::new(text);
+    }
     if let Some(detector) = ObjectDetection::new(model.clone(), limits) {
         return Arc::new(detector);
     }

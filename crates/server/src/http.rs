@@ -115,6 +115,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/streams/{id}",
             axum::routing::delete(crate::streams::forget),
         )
+        .route("/v1/embeddings", post(crate::text::openai_embeddings))
+        .route("/embed", post(crate::text::tei_embed))
         .route("/v1/cost", get(cost))
         .route(
             "/v2/repository/index",
@@ -216,6 +218,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/models/{name}/detect",
     "/v1/streams/{id}/detect",
     "/v1/streams/{id}",
+    "/v1/embeddings",
+    "/embed",
     "/v1/cost",
     "/v2/repository/index",
     "/v2/repository/models/{name}/load",
@@ -458,7 +462,7 @@ pub(crate) fn deadline(state: &AppState) -> (Instant, tokio::time::Instant) {
 }
 
 /// Submits every item, then waits for all (so they batch together).
-async fn run_items(
+pub(crate) async fn run_items(
     state: &AppState,
     service: &ModelService,
     items: Vec<ItemInput>,
@@ -778,6 +782,8 @@ pub(crate) fn wrong_endpoint(service: &ModelService, wanted: Task) -> ApiError {
     let serves = match m.task {
         Task::ImageClassification => "POST /v1/models/{name}/classify",
         Task::ObjectDetection => "POST /v1/models/{name}/detect",
+        Task::TextEmbedding => "POST /v1/embeddings (OpenAI) and POST /embed (TEI)",
+        Task::TextClassification => "POST /v1/models/{name}/classify with a text body",
         Task::Tensor => "POST /v2/models/{name}/infer with its tensors",
     };
     ApiError::bad_request(format!(
@@ -794,6 +800,17 @@ async fn classify_inner(
     query: Result<Query<ClassifyQuery>, QueryRejection>,
     request: Request,
 ) -> ApiResult {
+    if let Ok(service) = find_model(state, params) {
+        if service.model().manifest.task == Task::TextClassification {
+            let json = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with("application/json"));
+            let body = Bytes::from_request(request, state).await?;
+            return crate::text::classify_texts(state, service, !json, body).await;
+        }
+    }
     let (multipart, files) = read_images(state, request).await?;
     let service = find_model(state, params)?;
     if service.model().manifest.task != Task::ImageClassification {

@@ -14,6 +14,7 @@
 pub mod http;
 pub mod metrics;
 pub mod streams;
+pub mod text;
 
 pub use singlepoint_runtime::{adaptive, service};
 

@@ -10,6 +10,7 @@ mod endurance;
 mod hostile;
 mod redis;
 mod serve;
+mod text;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -4,6 +4,7 @@
 
 mod detect;
 mod tensor;
+mod text;
 
 use std::io::Cursor;
 use std::ops::ControlFlow;
