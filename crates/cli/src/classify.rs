@@ -348,6 +348,7 @@ fn run_text(args: &ClassifyArgs) -> anyhow::Result<ExitCode> {
         args.instances,
         args.batch_size.unwrap_or(32),
         top_k,
+        Some(singlepoint_runtime::LengthGrouping::DEFAULT),
         &args.cache,
     )?;
     let progress = progress_bar(args.quiet, "texts");

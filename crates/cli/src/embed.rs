@@ -17,8 +17,8 @@ use singlepoint_backend::EngineOptions;
 use singlepoint_model::Model;
 use singlepoint_runtime::cputime::process_cpu_time;
 use singlepoint_runtime::{
-    load_engine, AnswerSource, BackendChoice, Classifier, ItemResult, PipelineConfig, RunStats,
-    TextAnswer, TextLines, TextOptions,
+    load_engine, AnswerSource, BackendChoice, Classifier, ItemResult, LengthGrouping,
+    PipelineConfig, RunStats, TextAnswer, TextLines, TextOptions,
 };
 
 use crate::cache_args::CacheArgs;
@@ -63,6 +63,15 @@ pub struct EmbedArgs {
     /// Most texts per engine run
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+
+    /// Run texts in input order, batch_size at a time, padded to the longest, instead of
+    /// grouping each worker's next 256 texts by length within a token budget
+    #[arg(long)]
+    no_length_grouping: bool,
+
+    /// Most padded tokens (texts × longest) in one engine run when grouping by length
+    #[arg(long, default_value_t = LengthGrouping::DEFAULT.max_tokens)]
+    max_batch_tokens: usize,
 
     #[command(flatten)]
     cache: CacheArgs,
@@ -330,6 +339,7 @@ pub(crate) struct TextRun {
     pub engine: &'static str,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn start(
     model: Arc<Model>,
     backend: BackendChoice,
@@ -337,6 +347,7 @@ pub(crate) fn start(
     instances: Option<usize>,
     batch_size: usize,
     top_k: usize,
+    length_grouping: Option<LengthGrouping>,
     cache: &CacheArgs,
 ) -> anyhow::Result<TextRun> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -351,6 +362,7 @@ pub(crate) fn start(
         batch_size,
         instances,
         top_k,
+        length_grouping,
         ..PipelineConfig::default()
     };
     let mut classifier = Classifier::new(model, loaded.engine, config)?;
@@ -385,6 +397,10 @@ pub fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
         args.instances,
         args.batch_size,
         1,
+        (!args.no_length_grouping).then_some(LengthGrouping {
+            max_tokens: args.max_batch_tokens,
+            ..LengthGrouping::DEFAULT
+        }),
         &args.cache,
     )?;
     let mut writer = Writer::new(args.output.as_deref(), args.format, dim)?;

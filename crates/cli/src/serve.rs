@@ -12,7 +12,7 @@ use clap::Args;
 use singlepoint_backend::EngineOptions;
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::tune::RunConfig;
-use singlepoint_runtime::{load_engine, BackendChoice};
+use singlepoint_runtime::{load_engine, BackendChoice, LengthGrouping};
 use singlepoint_server::{BatchConfig, Loader, ModelControl, Repository, ServeConfig, Server};
 
 use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs, CostArgs};
@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// instance and batch size (as the max batch size) apply where no flag sets them
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+
+    /// Texts (and tensors with pad values): run what is waiting in arrival order, padded to
+    /// the longest, instead of grouping it by length within a token budget
+    #[arg(long)]
+    no_length_grouping: bool,
 
     /// How long the oldest item of a forming batch may wait for more: `0`, `2ms`, ...
     #[arg(long, default_value = "2ms", value_parser = parse_delay, value_name = "DELAY")]
@@ -221,6 +226,7 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
             latency_target: args.latency_target,
             record_batches: false,
+            length_grouping: (!args.no_length_grouping).then_some(LengthGrouping::DEFAULT),
         },
         request_timeout: args.request_timeout,
         max_body_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),

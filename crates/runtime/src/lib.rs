@@ -34,7 +34,8 @@ pub use pipeline::{
     RunStats, TextAnswer, TextOptions,
 };
 pub use service::{
-    Answer, BatchConfig, FailureKind, ItemError, ItemInput, ModelService, Source, Ticket,
+    Answer, BatchConfig, FailureKind, ItemError, ItemInput, LengthGrouping, ModelService, Source,
+    Ticket,
 };
 pub use task::{ImageClassification, Task, TextTask};
 pub use text_inputs::{TextEntry, TextLines};

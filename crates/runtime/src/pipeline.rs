@@ -35,7 +35,9 @@ use crate::detect::{DetectOptions, Detection};
 use crate::inputs::{has_video_extension, InputEntry};
 use crate::metrics::StageCpu;
 use crate::reuse::{Decision, ReuseGate, Thumbnail};
-use crate::service::{BatchConfig, ItemError, ItemInput, ModelService, Source, Ticket};
+use crate::service::{
+    BatchConfig, ItemError, ItemInput, LengthGrouping, ModelService, Source, Ticket,
+};
 use crate::task::Outputs;
 use crate::task::{self, ImageClassification, ObjectDetection, Task, TextTask};
 use crate::text_inputs::TextEntry;
@@ -54,6 +56,8 @@ pub struct PipelineConfig {
     pub limits: DecodeLimits,
     /// Batches in flight per worker (queued, running or waiting to be emitted in order).
     pub batches_in_flight_per_instance: usize,
+    /// Texts: group what each worker takes by length (`crate::service::LengthGrouping`).
+    pub length_grouping: Option<LengthGrouping>,
 }
 
 impl Default for PipelineConfig {
@@ -64,6 +68,7 @@ impl Default for PipelineConfig {
             top_k: 5,
             limits: DecodeLimits::default(),
             batches_in_flight_per_instance: 3,
+            length_grouping: None,
         }
     }
 }
@@ -473,7 +478,11 @@ impl Classifier {
         mut on_result: impl FnMut(ItemResult<T>) -> ControlFlow<()>,
     ) -> Result<RunStats, RuntimeError> {
         let c = &self.config;
-        let window = c.instances * c.batch_size * c.batches_in_flight_per_instance;
+        // A worker grouping by length takes a whole window of items at once.
+        let take = c
+            .length_grouping
+            .map_or(c.batch_size, |g| g.window.max(c.batch_size));
+        let window = c.instances * take * c.batches_in_flight_per_instance;
         let service = ModelService::start(
             self.model.clone(),
             task,
@@ -490,6 +499,7 @@ impl Classifier {
                 limits: c.limits,
                 latency_target: None,
                 record_batches: true,
+                length_grouping: c.length_grouping,
             },
         )?;
         // Steady state: the clock starts once the sessions exist.

@@ -73,6 +73,33 @@ pub struct BatchConfig {
     /// Keep the wall time and size of every engine batch (the tuner's latency measure); off
     /// for a long-running server, where the list would grow without bound.
     pub record_batches: bool,
+    /// For models whose items are padded to share a run (texts): group what an instance
+    /// takes by length, within a token budget. `None`: runs of up to `max_batch_size` items
+    /// in arrival order, padded to the longest.
+    pub length_grouping: Option<LengthGrouping>,
+}
+
+/// Batching by length: an instance takes up to `window` waiting items at once, sorts them by
+/// length and splits them into runs of neighbouring lengths, each of at most
+/// `max_batch_size` items and `max_tokens` padded positions (items × longest), choosing the
+/// split that runs the fewest padded positions plus `run_overhead` per run. A long text
+/// therefore never makes a batch of short ones pay for its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LengthGrouping {
+    pub window: usize,
+    pub max_tokens: usize,
+    /// What starting one engine run costs, in padded positions (measured:
+    /// bench/results/embed-*.md).
+    pub run_overhead: usize,
+}
+
+impl LengthGrouping {
+    /// The defaults `embed` and `serve` use for text models.
+    pub const DEFAULT: LengthGrouping = LengthGrouping {
+        window: 256,
+        max_tokens: 16_384,
+        run_overhead: 32,
+    };
 }
 
 /// Why one item has no answer. Cloned to every caller waiting for the same computation.
@@ -653,7 +680,8 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
             Some(a) => a.settings(),
             None => (config.max_batch_size, config.max_queue_delay),
         };
-        let Some(taken) = next_batch(rx, max, delay, &config.preferred_batch_sizes) else {
+        let take = config.length_grouping.map_or(max, |g| g.window.max(max));
+        let Some(taken) = next_batch(rx, take, delay, &config.preferred_batch_sizes) else {
             break;
         };
         let batch_started = Instant::now();
@@ -696,7 +724,22 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
             })
             .collect();
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-        for group in stackable_groups(&items, shared.task.inputs()) {
+        let decls = shared.task.inputs();
+        let runs = stackable_groups(&items, decls)
+            .into_iter()
+            .flat_map(
+                |group| match (config.length_grouping, padded_length(decls)) {
+                    (Some(g), Some(k)) => {
+                        let lengths: Vec<usize> = group
+                            .iter()
+                            .map(|&i| items[i].get(k).map_or(0, AnyTensor::len))
+                            .collect();
+                        split_by_length(&group, &lengths, max, g)
+                    }
+                    _ => group.chunks(max.max(1)).map(<[usize]>::to_vec).collect(),
+                },
+            );
+        for group in runs {
             let results = run_group(shared, session.as_mut(), &items, &group);
             for (&i, outcome) in group.iter().zip(results) {
                 outcomes[i] = Some(outcome.and_then(|outputs| {
@@ -772,6 +815,55 @@ fn stackable_groups(items: &[&[AnyTensor]], decls: &[InputDecl]) -> Vec<Vec<usiz
         }
     }
     groups.into_iter().map(|(_, members)| members).collect()
+}
+
+/// The first input padded to share a run, whose length stands for an item's (a text's tokens).
+fn padded_length(decls: &[InputDecl]) -> Option<usize> {
+    decls.iter().position(|d| d.pad.is_some())
+}
+
+/// Splits `group` (items that stack, `lengths[i]` the length of `group[i]`) into runs by
+/// length: sorted, then cut where the padded positions plus `run_overhead` per run are fewest
+/// (exact, by dynamic programming over the sorted order), each run at most `max_items` items
+/// and `max_tokens` positions (a single item longer than that runs alone).
+fn split_by_length(
+    group: &[usize],
+    lengths: &[usize],
+    max_items: usize,
+    g: LengthGrouping,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    // Stable: equal lengths keep arrival order.
+    order.sort_by_key(|&p| lengths[p]);
+    let n = order.len();
+    let max_items = max_items.max(1);
+    // best[j]: cheapest split of the first j sorted items; cut[j]: where its last run starts.
+    let mut best = vec![usize::MAX; n + 1];
+    let mut cut = vec![0usize; n + 1];
+    best[0] = 0;
+    for j in 1..=n {
+        let longest = lengths[order[j - 1]].max(1);
+        for i in (j.saturating_sub(max_items)..j).rev() {
+            let count = j - i;
+            if count > 1 && count * longest > g.max_tokens {
+                break;
+            }
+            let cost = best[i].saturating_add(g.run_overhead + count * longest);
+            if cost < best[j] {
+                best[j] = cost;
+                cut[j] = i;
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut j = n;
+    while j > 0 {
+        let i = cut[j];
+        runs.push(order[i..j].iter().map(|&p| group[p]).collect());
+        j = i;
+    }
+    runs.reverse();
+    runs
 }
 
 /// The size each dimension name has in one item (axes of the item's inputs, batch axis left
@@ -940,7 +1032,42 @@ mod tests {
             limits: DecodeLimits::default(),
             latency_target: None,
             record_batches: false,
+            length_grouping: None,
         }
+    }
+
+    fn grouping(max_tokens: usize, run_overhead: usize) -> LengthGrouping {
+        LengthGrouping {
+            window: 64,
+            max_tokens,
+            run_overhead,
+        }
+    }
+
+    #[test]
+    fn length_grouping_keeps_a_long_item_away_from_short_ones() {
+        let group: Vec<usize> = (10..16).collect();
+        // Five short texts and one long one, the long one arriving second.
+        let lengths = [8, 200, 9, 7, 8, 10];
+        let runs = split_by_length(&group, &lengths, 32, grouping(4096, 32));
+        assert_eq!(runs, vec![vec![13, 10, 14, 12, 15], vec![11]]);
+        // With a large run overhead one run is cheaper.
+        let runs = split_by_length(&group, &lengths, 32, grouping(4096, 10_000));
+        assert_eq!(runs.len(), 1);
+        // The token budget caps a run: 4 items of 10 fit in 40 positions, not 5.
+        let runs = split_by_length(&group, &[10; 6], 32, grouping(40, 10_000));
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), vec![4, 2]);
+        // So does the item cap; and an item over the budget still runs, alone.
+        let runs = split_by_length(&group, &[1; 6], 4, grouping(4096, 10_000));
+        assert!(runs.iter().all(|r| r.len() <= 4));
+        assert_eq!(
+            split_by_length(&[0], &[999], 4, grouping(10, 0)),
+            vec![vec![0]]
+        );
+        // Every item is in exactly one run.
+        let mut all: Vec<usize> = split_by_length(&group, &lengths, 3, grouping(64, 5)).concat();
+        all.sort_unstable();
+        assert_eq!(all, group);
     }
 
     #[test]

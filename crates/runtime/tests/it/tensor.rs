@@ -61,6 +61,7 @@ fn service(
             limits: DecodeLimits::default(),
             latency_target: None,
             record_batches: true,
+            length_grouping: None,
         },
     )
     .unwrap()

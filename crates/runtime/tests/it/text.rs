@@ -50,6 +50,7 @@ fn service(
             limits: DecodeLimits::default(),
             latency_target: None,
             record_batches: true,
+            length_grouping: None,
         },
     )
     .unwrap()
