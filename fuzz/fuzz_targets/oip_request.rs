@@ -1,7 +1,8 @@
 //! Open Inference Protocol requests, JSON and binary framing: any body is parsed into items
 //! that fit the model's input, or refused with a message; the same body against a tensor
 //! model's two variable-length inputs gives items whose named axes agree, within the maximum;
-//! to a detector, items and only the detection outputs.
+//! to a detector, items and only the detection outputs; to a text model and the OpenAI, TEI and
+//! text classify parsers, texts within the limits.
 #![no_main]
 
 use bytes::Bytes;
@@ -25,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let output = TensorSpec::new("logits", DType::Float32, vec![Dim::Dynamic, Dim::Fixed(10)]);
     let body = Bytes::copy_from_slice(body);
     tensor_model(&body, header_len);
+    text_model(&body, header_len);
     // The same body to a detector: images or rows in, only the detection outputs, and
     // parameters that are numbers and names.
     if let Ok(detect) = oip::parse_detect_request(&body, header_len, &input) {
@@ -79,5 +81,34 @@ fn tensor_model(body: &Bytes, header_len: Option<usize>) {
         assert_eq!(tensors[1].shape(), &[len]);
         assert_eq!(tensors[0].dtype(), DType::Int64);
         assert_eq!(tensors[1].dtype(), DType::Bool);
+    }
+}
+
+/// The same body to a text model (BYTES texts over OIP) and to the OpenAI, TEI and text
+/// classify parsers: texts in, at most the limit, only the text outputs; or a refusal.
+fn text_model(body: &Bytes, header_len: Option<usize>) {
+    use singlepoint_protocol::text;
+    let outputs = ["embedding", "tokens"];
+    if let Ok(r) = oip::parse_text_request(body, header_len, &outputs, 8) {
+        assert!(!r.request.items.is_empty() && r.request.items.len() <= 8);
+        assert!(r
+            .request
+            .items
+            .iter()
+            .all(|i| matches!(i, ItemInput::Text { .. })));
+        assert!(r.request.outputs.iter().all(|o| outputs.contains(&o.name.as_str())));
+    }
+    if let Ok(r) = text::parse_openai_embeddings(body) {
+        assert!(!r.input.is_empty() && r.input.len() <= text::MAX_TEXTS);
+        assert!(r.input.iter().all(|t| !t.is_empty()));
+    }
+    if let Ok(r) = text::parse_tei_embed(body) {
+        assert!(!r.inputs.is_empty() && r.inputs.len() <= text::MAX_TEXTS);
+    }
+    for plain in [false, true] {
+        if let Ok(r) = text::parse_text_classify(body, plain) {
+            assert!(!r.inputs.is_empty());
+            assert!(r.top_k.is_none_or(|k| k >= 1));
+        }
     }
 }

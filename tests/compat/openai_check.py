@@ -92,13 +92,13 @@ try:
         got = list(pool.map(lambda t: client.embeddings.create(model=model, input=t), texts))
     assert all(len(g.data[0].embedding) == 384 for g in got)
     metrics = urllib.request.urlopen(f"http://{address}/metrics").read().decode()
-    runs = items = None
-    for line in metrics.splitlines():
-        if line.startswith("singlepoint_batch_size_count") and model in line:
-            runs = float(line.split()[-1])
-        if line.startswith("singlepoint_batch_size_sum") and model in line:
-            items = float(line.split()[-1])
-    assert runs and items and items > runs, (runs, items)
+    def total(name):
+        return sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines()
+                   if l.startswith(name + "{") and f'"{model}"' in l)
+
+    runs = total("singlepoint_model_executions_total")
+    items = total("singlepoint_items_computed_total")
+    assert runs and items and items > runs, (runs, items, metrics[:2000])
     print(f"openai: {len(texts)} concurrent requests in {runs:.0f} engine runs ({items / runs:.1f} texts a run)")
 finally:
     proc.terminate()

@@ -217,6 +217,161 @@ pub fn parse_detect_request(
     })
 }
 
+/// A text model's one input over the inference protocol: BYTES, one UTF-8 text an element.
+pub const TEXT_INPUT: &str = "text";
+
+/// A text model's request: its texts, the outputs wanted, and the `truncate` and `normalize`
+/// request parameters.
+pub struct TextRequest {
+    pub request: InferRequest,
+    /// Embeddings: L2-normalise (`None`: as the model says).
+    pub normalize: Option<bool>,
+}
+
+/// Parses a text model's request: its one input [`TEXT_INPUT`] as BYTES of shape `[n]` or
+/// `[n, 1]` (JSON strings, or binary elements), each element one UTF-8 text, named by index
+/// when it is not; `outputs` are the names the model answers with (all by default).
+pub fn parse_text_request(
+    body: &Bytes,
+    header_len: Option<usize>,
+    outputs: &[&str],
+    max_items: usize,
+) -> Result<TextRequest, String> {
+    let framed = frame(body, header_len)?;
+    let [(raw, data)]: [(RawInput, TensorData); 1] =
+        framed.inputs.try_into().map_err(|all: Vec<_>| {
+            format!(
+                "a text model takes exactly one input, `{TEXT_INPUT}`; the request has {}",
+                all.len()
+            )
+        })?;
+    if raw.name != TEXT_INPUT {
+        return Err(format!(
+            "unknown input `{}`; a text model's input is `{TEXT_INPUT}` (BYTES, one UTF-8 text an element)",
+            raw.name
+        ));
+    }
+    if raw.datatype != "BYTES" {
+        return Err(format!(
+            "input `{TEXT_INPUT}`: datatype `{}`; texts are BYTES",
+            raw.datatype
+        ));
+    }
+    let n = match raw.shape.as_slice() {
+        [n] | [n, 1] if *n >= 0 => *n as usize,
+        dims => {
+            return Err(format!(
+                "input `{TEXT_INPUT}`: BYTES texts must have shape [n] or [n, 1], not {dims:?}"
+            ))
+        }
+    };
+    let texts: Vec<Result<String, String>> = match data {
+        TensorData::Binary(bytes) => split_bytes_elements(&bytes)
+            .map_err(|e| format!("input `{TEXT_INPUT}`: {e}"))?
+            .into_iter()
+            .map(|b| {
+                String::from_utf8(b.to_vec()).map_err(|e| {
+                    format!(
+                        "is not UTF-8 text (invalid byte at {})",
+                        e.utf8_error().valid_up_to()
+                    )
+                })
+            })
+            .collect(),
+        TensorData::Json(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s),
+                Value::Array(inner) if inner.len() == 1 && inner[0].is_string() => {
+                    Ok(inner[0].as_str().unwrap_or_default().to_string())
+                }
+                other => Err(format!("must be a string, not {other}")),
+            })
+            .collect(),
+        TensorData::Json(other) => {
+            return Err(format!(
+                "input `{TEXT_INPUT}`: `data` must be an array of strings, not {other}"
+            ))
+        }
+    };
+    if texts.len() != n {
+        return Err(format!(
+            "input `{TEXT_INPUT}`: shape {:?} says {n} texts but the data holds {}",
+            raw.shape,
+            texts.len()
+        ));
+    }
+    if n == 0 {
+        return Err(format!("input `{TEXT_INPUT}`: no texts"));
+    }
+    if n > max_items {
+        return Err(format!(
+            "input `{TEXT_INPUT}`: {n} texts in one request is more than the limit of {max_items}"
+        ));
+    }
+    let p = &framed.parameters;
+    let flag = |key: &str| -> Result<Option<bool>, String> {
+        match p.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(format!("parameter `{key}` must be true or false, not {v}")),
+        }
+    };
+    let truncate = flag("truncate")?.unwrap_or(false);
+    let normalize = flag("normalize")?;
+    let items = texts
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.map(|text| ItemInput::Text {
+                text: std::sync::Arc::from(text),
+                truncate,
+            })
+            .map_err(|e| format!("input `{TEXT_INPUT}`, element {i}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let outputs = match framed.outputs {
+        None => outputs
+            .iter()
+            .map(|name| OutputRequest {
+                name: name.to_string(),
+                classification: None,
+                binary: framed.binary_default,
+            })
+            .collect(),
+        Some(list) => list
+            .into_iter()
+            .map(|o| {
+                if !outputs.contains(&o.name.as_str()) {
+                    return Err(format!(
+                        "unknown output `{}`; this model's outputs are {}",
+                        o.name,
+                        outputs
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                let params = o.parameters.unwrap_or_default();
+                Ok(OutputRequest {
+                    binary: binary_flag(&params, &o.name, framed.binary_default)?,
+                    name: o.name,
+                    classification: None,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+    };
+    Ok(TextRequest {
+        request: InferRequest {
+            id: framed.id,
+            items,
+            outputs,
+        },
+        normalize,
+    })
+}
+
 /// Splits a body into the JSON request and each input's data. `header_len` is
 /// `Inference-Header-Content-Length`, when present.
 fn frame(body: &Bytes, header_len: Option<usize>) -> Result<Framed, String> {

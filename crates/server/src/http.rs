@@ -338,6 +338,22 @@ async fn model_metadata(
             vec![describe(service.output())]
         };
         (vec![input], outputs)
+    } else if manifest.task.is_text() {
+        let text = manifest.text.as_ref();
+        let input = json!({
+            "name": oip::TEXT_INPUT,
+            "datatype": "BYTES",
+            "shape": [-1],
+            "parameters": {
+                "max_tokens": text.map(|t| t.max_length),
+                "request_parameters": "truncate (cut texts over max_tokens; default refuse), normalize (embeddings)",
+            },
+        });
+        let outputs = crate::text::oip_outputs(service.model())
+            .iter()
+            .map(describe)
+            .collect();
+        (vec![input], outputs)
     } else {
         let inputs = manifest
             .inputs
@@ -543,6 +559,10 @@ async fn infer_inner(
     let manifest = &service.model().manifest;
     if manifest.task == Task::ObjectDetection {
         return infer_detections(state, &service, &body, header_len).await;
+    }
+    if manifest.task.is_text() {
+        let encoded = crate::text::infer_texts(state, &service, &body, header_len).await?;
+        return Ok(encoded_response(encoded));
     }
     let image = manifest.image.is_some();
     let request = if image {

@@ -15,6 +15,7 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Value};
 use singlepoint_model::Task;
+use singlepoint_protocol::oip;
 use singlepoint_protocol::text::{self as protocol, EncodingFormat, TextRequestError};
 use singlepoint_runtime::task::{self, embedding, token_counts};
 
@@ -323,4 +324,92 @@ pub(crate) async fn classify_texts(
     .into_response();
     mark_truncated(&mut response, &truncated);
     Ok(response)
+}
+
+/// What a text model answers over the inference protocol: `embedding` FP32 [n, D] (an
+/// embedder) or `probabilities` FP32 [n, classes] (a classifier), and `tokens` INT64 [n, 2]
+/// (tokens read, tokens of the whole text: more when it was cut).
+pub(crate) fn oip_outputs(model: &singlepoint_model::Model) -> Vec<singlepoint_core::TensorSpec> {
+    use singlepoint_core::{DType, Dim, TensorSpec};
+    let width = model
+        .manifest
+        .output()
+        .shape
+        .last()
+        .copied()
+        .unwrap_or(Dim::Dynamic);
+    let first = if model.manifest.task == Task::TextEmbedding {
+        "embedding"
+    } else {
+        "probabilities"
+    };
+    vec![
+        TensorSpec::new(first, DType::Float32, vec![Dim::Dynamic, width]),
+        TensorSpec::new("tokens", DType::Int64, vec![Dim::Dynamic, Dim::Fixed(2)]),
+    ]
+}
+
+/// The inference protocol's infer on a text model: BYTES texts in ([`oip::TEXT_INPUT`]),
+/// [`oip_outputs`] out, from the same cache entries as the other text endpoints.
+pub(crate) async fn infer_texts(
+    state: &AppState,
+    service: &Arc<ModelService>,
+    body: &Bytes,
+    header_len: Option<usize>,
+) -> Result<oip::Encoded, ApiError> {
+    let model = service.model();
+    let specs = oip_outputs(model);
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let parsed = oip::parse_text_request(body, header_len, &names, protocol::MAX_TEXTS)
+        .map_err(ApiError::bad_request)?;
+    let normalize = parsed
+        .normalize
+        .unwrap_or_else(|| model.manifest.text.as_ref().is_some_and(|t| t.normalize));
+    let request = parsed.request;
+    let answers = run_items(state, service, request.items).await?;
+    if let Some(e) = first_failure(&answers, "text", false) {
+        return Err(e);
+    }
+    let classes = model.manifest.classes().unwrap_or(0);
+    let mut cache_hits = 0;
+    let rows: Vec<task::Outputs> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok())
+        .map(|(outputs, source)| {
+            cache_hits += usize::from(*source == Source::Cache);
+            let row = if model.manifest.task == Task::TextEmbedding {
+                embedding(outputs, normalize)
+            } else {
+                let c = task::answer(model, task::row(outputs), classes.max(1));
+                let mut p = vec![0.0f32; c.top.len()];
+                for t in &c.top {
+                    if let Some(slot) = p.get_mut(t.class_idx) {
+                        *slot = t.probability;
+                    }
+                }
+                p
+            };
+            let (used, whole) = token_counts(outputs);
+            let t = |shape: Vec<usize>, data: singlepoint_core::Buffer| {
+                singlepoint_core::AnyTensor::new(shape, data).expect("shapes match their data")
+            };
+            vec![
+                t(vec![row.len()], singlepoint_core::Buffer::F32(row)),
+                t(
+                    vec![2],
+                    singlepoint_core::Buffer::I64(vec![used as i64, whole as i64]),
+                ),
+            ]
+            .into()
+        })
+        .collect();
+    oip::encode_tensor_response(
+        model,
+        request.id,
+        &rows,
+        &request.outputs,
+        &specs,
+        cache_hits,
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }

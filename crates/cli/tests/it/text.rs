@@ -238,3 +238,152 @@ fn classify_text_labels_lines_with_a_trained_text_classifier() {
         text(&refused.stderr)
     );
 }
+
+#[test]
+fn served_text_models_answer_tei_oip_and_classify_and_name_bad_texts() {
+    use super::serve::Server;
+    let server = Server::start(&[
+        "--no-cache",
+        "--model",
+        "models/all-minilm-l6-v2",
+        "--model",
+        "tests/models/sentiment-bow",
+    ]);
+    let reference = reference();
+    let first = &reference["sentences"][0];
+    let json = [("content-type", "application/json")];
+
+    // TEI /embed: an array of vectors; the empty text is embedded; a bad item is named.
+    let r = server.send(
+        "POST",
+        "/embed",
+        &json,
+        br#"{"inputs": ["A man is playing a guitar.", ""]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let vectors = r.json();
+    assert_eq!(vectors.as_array().unwrap().len(), 2);
+    assert!(cosine(&floats(&vectors[0]), &floats(&first["embedding"])) >= 0.999);
+    let long = format!(r#"{{"inputs": ["ok", "{}"]}}"#, "word ".repeat(300));
+    let r = server.send("POST", "/embed", &json, long.as_bytes());
+    assert_eq!(r.status, 422, "{}", text(&r.body));
+    let e = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        e.contains("`inputs[1]`: the text is 302 tokens, over the model's limit of 256"),
+        "{e}"
+    );
+    for (body, want) in [
+        (
+            r#"{"inputs": "x", "pooling": "cls"}"#,
+            "`pooling` is not supported",
+        ),
+        (
+            r#"{"inputs": 5}"#,
+            "must be a string or an array of strings",
+        ),
+        (
+            r#"{"inputs": ["a", null]}"#,
+            "`inputs[1]` must be a string, not null",
+        ),
+    ] {
+        let r = server.send("POST", "/embed", &json, body.as_bytes());
+        assert_eq!(r.status, 422, "{body}");
+        assert!(text(&r.body).contains(want), "{body}: {}", text(&r.body));
+    }
+    let r = server.send("POST", "/embed", &json, &[b'{', 0xff, b'}']);
+    assert_eq!(r.status, 422, "{}", text(&r.body));
+
+    // OIP infer with BYTES texts: embedding and tokens, the same vectors.
+    let infer = serde_json::json!({
+        "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [2],
+                     "data": ["A man is playing a guitar.", "hello"] }],
+        "parameters": { "normalize": true },
+    });
+    let r = server.send(
+        "POST",
+        "/v2/models/all-minilm-l6-v2/infer",
+        &json,
+        infer.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    let out = r.json();
+    let embedding = out["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "embedding")
+        .unwrap();
+    assert_eq!(embedding["shape"], serde_json::json!([2, 384]));
+    let row: Vec<f64> = floats(&embedding["data"])[..384].to_vec();
+    assert!(cosine(&row, &floats(&first["embedding"])) >= 0.999);
+    let tokens = out["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "tokens")
+        .unwrap();
+    assert_eq!(tokens["data"], serde_json::json!([9, 9, 3, 3]));
+    let meta = server
+        .send("GET", "/v2/models/all-minilm-l6-v2", &[], b"")
+        .json();
+    assert_eq!(meta["inputs"][0]["name"], "text");
+    assert_eq!(meta["inputs"][0]["datatype"], "BYTES");
+    let bad = serde_json::json!({
+        "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [2], "data": ["fine", 7] }],
+    });
+    let r = server.send(
+        "POST",
+        "/v2/models/all-minilm-l6-v2/infer",
+        &json,
+        bad.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        text(&r.body).contains("element 1: must be a string"),
+        "{}",
+        text(&r.body)
+    );
+
+    // The classify endpoint of a text classifier: a plain-text body, or JSON with several.
+    let r = server.send(
+        "POST",
+        "/v1/models/sentiment-bow/classify",
+        &[("content-type", "text/plain")],
+        b"I loved it, great value",
+    );
+    assert_eq!(r.status, 200, "{}", text(&r.body));
+    assert_eq!(r.json()["results"][0]["label"], "positive");
+    let r = server.send(
+        "POST",
+        "/v1/models/sentiment-bow/classify",
+        &json,
+        br#"{"inputs": ["terrible, it broke after a day", "great"], "top_k": 1}"#,
+    );
+    let results = r.json()["results"].clone();
+    assert_eq!(results[0]["label"], "negative");
+    assert_eq!(results[0]["top_k"].as_array().unwrap().len(), 1);
+    let r = server.send(
+        "POST",
+        "/v1/models/sentiment-bow/classify",
+        &[("content-type", "text/plain")],
+        b"caf\xe9",
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        text(&r.body).contains("not UTF-8 text"),
+        "{}",
+        text(&r.body)
+    );
+    // An image model's endpoint refuses texts, naming where they go.
+    let r = server.send(
+        "POST",
+        "/embed?model=sentiment-bow",
+        &json,
+        br#"{"inputs": "x"}"#,
+    );
+    assert!(
+        r.status >= 400 && text(&r.body).contains("text-classification"),
+        "{}",
+        text(&r.body)
+    );
+}
