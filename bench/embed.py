@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import Side, free_port, header
 
 root = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-binary = os.path.join(root, "target", "release", "singlepoint")
+binary = os.environ.get("SINGLEPOINT_BIN", os.path.join(root, "target", "release", "singlepoint"))
 model_dir = os.path.join(root, "models", "all-minilm-l6-v2")
 onnx = os.path.join(model_dir, "model.onnx")
 tokenizer = os.path.join(model_dir, "tokenizer.json")
