@@ -680,7 +680,12 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
             Some(a) => a.settings(),
             None => (config.max_batch_size, config.max_queue_delay),
         };
-        let take = config.length_grouping.map_or(max, |g| g.window.max(max));
+        // Only items that pad to share a run (texts) are worth taking a window of: an image
+        // model keeps batches of `max`, so that every instance has work.
+        let take = match (config.length_grouping, padded_length(shared.task.inputs())) {
+            (Some(g), Some(_)) => g.window.max(max),
+            _ => max,
+        };
         let Some(taken) = next_batch(rx, take, delay, &config.preferred_batch_sizes) else {
             break;
         };
