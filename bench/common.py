@@ -60,8 +60,8 @@ class Side:
     while it is measured. `listing` is photo_list's file; `mode` is serve.lua's."""
 
     def __init__(self, listing, name, cmd, url, path, mode, ready_path, env=None,
-                 script="serve.lua"):
-        self.listing, self.script = listing, script
+                 script="serve.lua", wrk_threads=1):
+        self.listing, self.script, self.wrk_threads = listing, script, wrk_threads
         self.name, self.url, self.path, self.mode = name, url, path, mode
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -97,7 +97,7 @@ class Side:
         sampler = threading.Thread(target=sample)
         sampler.start()
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
+            ["wrk", f"-t{self.wrk_threads}", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency",
              "-s", os.path.join(os.path.dirname(os.path.abspath(__file__)), self.script),
              self.url + self.path, "--", self.listing, self.mode, f"{time.time_ns()}"], capture_output=True, text=True, check=True).stdout
         stop.set()

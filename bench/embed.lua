@@ -7,15 +7,27 @@
 
 local requests = {}
 local counter = 0
+local step = 1
+
+-- Each wrk thread has its own Lua state: thread i of n sends bodies i, i+n, i+2n, ..., so no
+-- two threads send the same text at once (the server would coalesce them into one run).
+local threads = {}
+function setup(thread)
+  thread:set("id", #threads)
+  table.insert(threads, thread)
+  for _, t in ipairs(threads) do t:set("n", #threads) end
+end
 
 function init(args)
+  counter = id or 0
+  step = n or 1
   for body in io.lines(args[1]) do
     requests[#requests + 1] = wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, body)
   end
 end
 
 function request()
-  counter = counter + 1
+  counter = counter + step
   return requests[(counter % #requests) + 1]
 end
 
