@@ -45,10 +45,9 @@ p = argparse.ArgumentParser()
 p.add_argument("--seconds", type=int, default=15)
 p.add_argument("--concurrency", default="16")
 p.add_argument("--out", default=None)
-# wrk's one thread caps the load it offers here before singlepoint's limit (about 350 req/s
-# with -t1 against about 580 with -t2 on this 2-core machine, the server unchanged), so every
-# side is loaded by two wrk threads.
-p.add_argument("--wrk-threads", type=int, default=2)
+# wrk threads loading each side. One thread offers enough load here: with embed.lua giving each
+# thread its own bodies, -t2 measured the same as -t1 (346 vs 351-359 req/s, 2026-12-02).
+p.add_argument("--wrk-threads", type=int, default=1)
 args = p.parse_args()
 levels = [int(c) for c in args.concurrency.split(",")]
 for need, hint in [(binary, "cargo build --release"), (shutil.which("wrk"), "apt-get install wrk")]:
