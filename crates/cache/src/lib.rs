@@ -45,6 +45,11 @@ pub struct CacheConfig {
     pub disk_page_cache_bytes: u64,
 }
 
+/// Where the disk tier lives unless told otherwise: the per-user `results` folder.
+pub fn default_dir() -> PathBuf {
+    singlepoint_core::user_dir().join("results")
+}
+
 /// The default of [`CacheConfig::disk_page_cache_bytes`]: hot entries also sit in the memory
 /// tier and the operating system's page cache, so the disk tier needs little of its own.
 pub const DISK_PAGE_CACHE_BYTES: u64 = 16 << 20;

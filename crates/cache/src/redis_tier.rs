@@ -88,6 +88,10 @@ struct Shared {
     garbage: AtomicU64,
     writes: AtomicU64,
     dropped_writes: AtomicU64,
+    /// Write batches queued, and those the writer has finished with (written or dropped):
+    /// what [`RedisTier::flush`] waits on.
+    queued: AtomicU64,
+    settled: AtomicU64,
     events: Mutex<Vec<String>>,
 }
 
@@ -218,6 +222,8 @@ impl RedisTier {
             garbage: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             dropped_writes: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
         });
         // Find out now whether it answers, so the first lookups do not each pay a timeout.
@@ -265,9 +271,27 @@ impl RedisTier {
             .map(|(k, v)| (*k, record::encode(k, model, now_secs, v)))
             .collect();
         let n = batch.len() as u64;
+        // Counted before the send, so that the writer never settles more than was queued.
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(batch) {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
             self.shared.dropped_writes.fetch_add(n, Ordering::Relaxed);
         }
+    }
+
+    /// Waits until every write queued before the call has been written or dropped, at most
+    /// `timeout`; whether they all were. For a process about to end (a batch job's worker),
+    /// whose queued answers would otherwise be lost with it.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let target = self.shared.queued.load(Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + timeout;
+        while self.shared.settled.load(Ordering::SeqCst) < target {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        true
     }
 
     pub fn stats(&self) -> RedisStats {
@@ -314,6 +338,7 @@ fn write_behind(s: &Shared, rx: &Receiver<WriteBatch>) {
                 if !s.up.load(Ordering::Relaxed) {
                     s.dropped_writes
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    s.settled.fetch_add(1, Ordering::SeqCst);
                     continue;
                 }
                 let mut pipe = redis::pipe();
@@ -330,6 +355,7 @@ fn write_behind(s: &Shared, rx: &Receiver<WriteBatch>) {
                     s.dropped_writes
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 }
+                s.settled.fetch_add(1, Ordering::SeqCst);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,

@@ -141,7 +141,7 @@ impl CacheArgs {
 pub fn cache_dir(flag: Option<&Path>) -> PathBuf {
     match flag {
         Some(dir) => dir.to_path_buf(),
-        None => singlepoint_core::user_dir().join("results"),
+        None => singlepoint_cache::default_dir(),
     }
 }
 

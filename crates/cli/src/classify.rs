@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use singlepoint_backend::{BackendKind, EngineOptions};
+use singlepoint_backend::EngineOptions;
 use singlepoint_cache::CacheStats;
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::cost::{price, CostReport, Prices, RssSampler, StageCosts, Weights};
 use singlepoint_runtime::cputime::{peak_rss_bytes, process_cpu_time};
 use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{
-    load_engine, BackendChoice, Classifier, InputEntry, Inputs, PipelineConfig, RunStats,
+    default_batch_size, load_engine, BackendChoice, Classifier, InputEntry, Inputs, PipelineConfig,
+    RunStats,
 };
 
 use crate::cache_args::{CacheArgs, CostArgs};
@@ -110,15 +111,6 @@ enum FormatArg {
     Json,
     Jsonl,
     Csv,
-}
-
-/// The batch each engine runs cheapest per image on one single-threaded instance per core
-/// (measured on EfficientNet-Lite0; see bench/results/).
-pub fn default_batch_size(kind: BackendKind) -> usize {
-    match kind {
-        BackendKind::Ort => 4,
-        BackendKind::Tract => 1,
-    }
 }
 
 /// Loads `--model`, or the bundled model.

@@ -116,13 +116,7 @@ pub fn load_text_model(
 }
 
 pub(crate) fn source_name(source: AnswerSource) -> &'static str {
-    match source {
-        AnswerSource::Computed => "computed",
-        AnswerSource::Cache => "cache",
-        AnswerSource::Coalesced => "coalesced",
-        AnswerSource::Reused => "reused",
-        AnswerSource::Failed => "failed",
-    }
+    source.as_str()
 }
 
 /// Where a text came from, for messages: `notes.txt:12`.

@@ -16,7 +16,8 @@ use singlepoint_runtime::tune::{
 use singlepoint_runtime::{InputEntry, Inputs};
 
 use crate::cache_args::{parse_duration, parse_size, CostArgs};
-use crate::classify::{default_batch_size, load_model};
+use crate::classify::load_model;
+use singlepoint_runtime::default_batch_size;
 
 #[derive(Args)]
 pub struct TuneArgs {

@@ -526,9 +526,60 @@ pub fn parse_tensor_request(
     max_items: usize,
 ) -> Result<InferRequest, String> {
     let framed = frame(body, header_len)?;
+    let items = tensor_items(framed.inputs, inputs, max_items)?;
+    let requested = match framed.outputs {
+        None => outputs
+            .iter()
+            .map(|o| OutputRequest {
+                name: o.name.clone(),
+                classification: None,
+                binary: framed.binary_default,
+            })
+            .collect(),
+        Some(list) => {
+            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+            list.into_iter()
+                .map(|o| {
+                    if !names.contains(&o.name.as_str()) {
+                        return Err(format!(
+                            "unknown output `{}`; the model's outputs are {}",
+                            o.name,
+                            quoted(&names)
+                        ));
+                    }
+                    let params = o.parameters.unwrap_or_default();
+                    if params.contains_key("classification") {
+                        return Err(format!(
+                            "output `{}`: classification is for image-classification models",
+                            o.name
+                        ));
+                    }
+                    Ok(OutputRequest {
+                        binary: binary_flag(&params, &o.name, framed.binary_default)?,
+                        name: o.name,
+                        classification: None,
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        }
+    };
+    Ok(InferRequest {
+        id: framed.id,
+        items,
+        outputs: requested,
+    })
+}
+
+/// A tensor model's items from its inputs as a request gives them: every input once, checked
+/// against its declaration, one row of each per item.
+fn tensor_items(
+    given_inputs: Vec<(RawInput, TensorData)>,
+    inputs: &[InputDecl],
+    max_items: usize,
+) -> Result<Vec<ItemInput>, String> {
     let expected: Vec<&str> = inputs.iter().map(|d| d.spec.name.as_str()).collect();
     let mut given: Vec<Option<AnyTensor>> = vec![None; inputs.len()];
-    for (raw, data) in framed.inputs {
+    for (raw, data) in given_inputs {
         let Some(k) = inputs.iter().position(|d| d.spec.name == raw.name) else {
             return Err(format!(
                 "unknown input `{}`; the model's inputs are {}",
@@ -582,50 +633,55 @@ pub fn parse_tensor_request(
             }
         }
     }
-    let items = (0..n)
+    Ok((0..n)
         .map(|i| ItemInput::Tensors(given.iter().map(|t| t.item(i)).collect()))
-        .collect();
-    let requested = match framed.outputs {
-        None => outputs
-            .iter()
-            .map(|o| OutputRequest {
-                name: o.name.clone(),
-                classification: None,
-                binary: framed.binary_default,
-            })
-            .collect(),
-        Some(list) => {
-            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-            list.into_iter()
-                .map(|o| {
-                    if !names.contains(&o.name.as_str()) {
-                        return Err(format!(
-                            "unknown output `{}`; the model's outputs are {}",
-                            o.name,
-                            quoted(&names)
-                        ));
-                    }
-                    let params = o.parameters.unwrap_or_default();
-                    if params.contains_key("classification") {
-                        return Err(format!(
-                            "output `{}`: classification is for image-classification models",
-                            o.name
-                        ));
-                    }
-                    Ok(OutputRequest {
-                        binary: binary_flag(&params, &o.name, framed.binary_default)?,
-                        name: o.name,
-                        classification: None,
-                    })
-                })
-                .collect::<Result<_, _>>()?
-        }
-    };
-    Ok(InferRequest {
-        id: framed.id,
-        items,
-        outputs: requested,
-    })
+        .collect())
+}
+
+/// A tensor handed over in memory (the Python package's numpy arrays) rather than in a request
+/// body: its OIP datatype, shape and little-endian elements, checked exactly as a request's
+/// binary input is.
+pub struct MemoryTensor {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    pub data: Bytes,
+}
+
+impl MemoryTensor {
+    fn into_raw(self) -> (RawInput, TensorData) {
+        let raw = RawInput {
+            name: self.name,
+            shape: self.shape,
+            datatype: self.datatype,
+            parameters: None,
+            data: None,
+        };
+        (raw, TensorData::Binary(self.data))
+    }
+}
+
+/// An image model's items from its preprocessed input tensor (FP32, the model's shape with any
+/// batch) or encoded images (BYTES elements), given in memory.
+pub fn image_items_from_memory(
+    tensor: MemoryTensor,
+    input: &TensorSpec,
+) -> Result<Vec<ItemInput>, String> {
+    image_items(vec![tensor.into_raw()], input)
+}
+
+/// A tensor model's items from its inputs given in memory, checked as
+/// [`parse_tensor_request`] checks a request's.
+pub fn tensor_items_from_memory(
+    tensors: Vec<MemoryTensor>,
+    inputs: &[InputDecl],
+    max_items: usize,
+) -> Result<Vec<ItemInput>, String> {
+    tensor_items(
+        tensors.into_iter().map(MemoryTensor::into_raw).collect(),
+        inputs,
+        max_items,
+    )
 }
 
 fn quoted(names: &[&str]) -> String {

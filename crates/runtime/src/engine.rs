@@ -33,6 +33,16 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
+/// The batch each engine runs images cheapest per item at on one single-threaded instance per
+/// core (measured on EfficientNet-Lite0; see bench/results/): what `classify` and the Python
+/// package use when no batch size is given.
+pub fn default_batch_size(kind: BackendKind) -> usize {
+    match kind {
+        BackendKind::Ort => 4,
+        BackendKind::Tract => 1,
+    }
+}
+
 /// A loaded engine, and what the user should be told about how it was chosen.
 pub struct LoadedEngine {
     pub engine: Arc<dyn Engine>,

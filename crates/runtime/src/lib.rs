@@ -27,11 +27,13 @@ pub mod text_inputs;
 pub mod tune;
 pub mod video;
 
-pub use engine::{ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine};
+pub use engine::{
+    default_batch_size, ensure_onnxruntime, load_engine, BackendChoice, LoadedEngine,
+};
 pub use inputs::{InputEntry, Inputs};
 pub use pipeline::{
-    AnswerSource, Classifier, FrameInfo, FrameOptions, ItemResult, PipelineConfig, ReusedFrom,
-    RunStats, TextAnswer, TextOptions,
+    AnswerSource, Classifier, FrameInfo, FrameOptions, ItemResult, MemoryItem, PipelineConfig,
+    ReusedFrom, RunStats, TextAnswer, TextOptions,
 };
 pub use service::{
     Answer, BatchConfig, FailureKind, ItemError, ItemInput, LengthGrouping, ModelService, Source,

@@ -149,10 +149,19 @@ pub struct TextOptions {
     pub normalize: Option<bool>,
 }
 
-/// What a run's producer submits: files (images, videos) or texts.
+/// An input held in memory rather than in a file (the Python package's bytes and arrays): the
+/// name it is reported under, and what the core takes or why the input cannot be taken.
+#[derive(Clone, Debug)]
+pub struct MemoryItem {
+    pub name: PathBuf,
+    pub input: Result<ItemInput, String>,
+}
+
+/// What a run's producer submits: files (images, videos), texts, or inputs in memory.
 enum RunInput {
     File(InputEntry),
     Text(TextEntry, bool),
+    Memory(MemoryItem),
 }
 
 /// A video frame's place in its video.
@@ -202,6 +211,19 @@ pub enum AnswerSource {
     Reused,
     /// Never got as far as the model (a read or input error).
     Failed,
+}
+
+impl AnswerSource {
+    /// The name output formats and the Python package give it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerSource::Computed => "computed",
+            AnswerSource::Cache => "cache",
+            AnswerSource::Coalesced => "coalesced",
+            AnswerSource::Reused => "reused",
+            AnswerSource::Failed => "failed",
+        }
+    }
 }
 
 /// Where the time went. Stage times are CPU time of the worker threads, in the stage.
@@ -326,15 +348,53 @@ impl Classifier {
         inputs: impl Iterator<Item = InputEntry> + Send,
         on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
     ) -> Result<RunStats, RuntimeError> {
+        self.classify_inputs(inputs.map(RunInput::File), on_result)
+    }
+
+    /// Classifies inputs held in memory (encoded images, or rows of the model's preprocessed
+    /// input), in order, as [`Classifier::run`] classifies files.
+    pub fn run_memory(
+        &self,
+        items: impl Iterator<Item = MemoryItem> + Send,
+        on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        self.classify_inputs(items.map(RunInput::Memory), on_result)
+    }
+
+    /// The run behind [`Classifier::run`] and [`Classifier::run_memory`].
+    fn classify_inputs(
+        &self,
+        inputs: impl Iterator<Item = RunInput> + Send,
+        on_result: impl FnMut(ItemResult) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
         let task = ImageClassification::new(self.model.clone(), self.config.limits)
             .ok_or_else(|| self.wrong_task("classify runs image-classification models"))?;
         let top_k = self.config.top_k;
         let model = self.model.clone();
         self.run_task(
             Arc::new(task),
-            inputs.map(RunInput::File),
+            inputs,
             None,
             move |outputs| Ok(task::answer(&model, task::row(outputs), top_k)),
+            on_result,
+        )
+    }
+
+    /// Runs a `tensor` model on rows of its inputs held in memory, in order: each answer is
+    /// every output of the model for that row, without the batch axis.
+    pub fn run_tensors(
+        &self,
+        items: impl Iterator<Item = MemoryItem> + Send,
+        on_result: impl FnMut(ItemResult<Vec<singlepoint_core::AnyTensor>>) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        if self.model.manifest.task != singlepoint_model::Task::Tensor {
+            return Err(self.wrong_task("tensors in and out are for `tensor` models"));
+        }
+        self.run_task(
+            Arc::new(task::TensorTask::new(self.model.clone())),
+            items.map(RunInput::Memory),
+            None,
+            |outputs| Ok(outputs.to_vec()),
             on_result,
         )
     }
@@ -516,6 +576,23 @@ impl Classifier {
                 for (idx, input) in inputs.enumerate() {
                     let entry = match input {
                         RunInput::File(entry) => entry,
+                        RunInput::Memory(item) => {
+                            let ticket = item
+                                .input
+                                .map_err(ItemError::Input)
+                                .map(|input| service.submit(input, deadline));
+                            let item = Submitted {
+                                idx,
+                                path: item.name,
+                                pending: Pending::Ticket(ticket),
+                                frame: None,
+                                line: None,
+                            };
+                            if tx.send(item).is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                         RunInput::Text(entry, truncate) => {
                             let ticket = entry.text.map_err(ItemError::Input).map(|text| {
                                 service.submit(ItemInput::Text { text, truncate }, deadline)

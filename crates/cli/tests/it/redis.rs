@@ -274,3 +274,39 @@ fn a_redis_that_never_answers_costs_only_its_timeout() {
     assert_eq!(server.metric("singlepoint_redis_up", ""), 0.0);
     assert!(server.metric("singlepoint_redis_errors_total", "") >= 1.0);
 }
+
+#[test]
+fn flush_returns_once_every_queued_write_is_in_redis() {
+    use singlepoint_cache::{RedisConfig, RedisTier};
+    use std::sync::Arc;
+    let redis = Redis::start();
+    let config = RedisConfig {
+        url: redis.url(),
+        namespace: "flush".into(),
+        ttl: None,
+        op_timeout: Duration::from_secs(1),
+        pool_size: 2,
+    };
+    let digest = singlepoint_core::ModelDigest([7; 32]);
+    let tier = RedisTier::open(config.clone()).unwrap();
+    let items: Vec<(CacheKey, Arc<[u8]>)> = (0..400u32)
+        .map(|i| {
+            let key = CacheKey::new(&digest, b"", &i.to_le_bytes());
+            (key, Arc::from(vec![(i % 251) as u8; 4096]))
+        })
+        .collect();
+    // Queued in 40 batches behind the caller; flush waits for the writer to finish them all.
+    for chunk in items.chunks(10) {
+        tier.insert_many(&digest, chunk, 0);
+    }
+    assert!(tier.flush(Duration::from_secs(10)));
+    assert_eq!(tier.stats().writes, 400);
+    assert_eq!(tier.stats().dropped_writes, 0);
+    // Another replica reads every one of them at once.
+    let other = RedisTier::open(config).unwrap();
+    for (key, value) in &items {
+        assert_eq!(other.get(key).as_deref(), Some(&value[..]));
+    }
+    // Nothing queued: nothing to wait for.
+    assert!(tier.flush(Duration::ZERO));
+}
