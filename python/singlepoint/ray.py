@@ -9,7 +9,7 @@
     labelled = ds.map_batches(
         Classify,
         fn_constructor_kwargs={"cache_redis": "redis://cache:6379"},  # shared by every replica
-        concurrency=8,            # actors, each with its own model
+        compute=ray.data.ActorPoolStrategy(size=8),  # actors, each with its own model
         num_cpus=1,               # the cores each actor's model uses (threads=num_cpus)
         batch_size=64,
         batch_format="numpy",

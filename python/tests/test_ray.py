@@ -76,7 +76,7 @@ def test_two_ray_workers_equal_the_cli_and_share_one_redis(root, cli, tmp_path, 
         out = ds.map_batches(
             Classify,
             fn_constructor_kwargs=options,
-            concurrency=2,
+            compute=ray.data.ActorPoolStrategy(size=2),
             num_cpus=1,
             batch_size=2,
             batch_format="numpy",
@@ -106,7 +106,7 @@ def test_two_ray_workers_equal_the_cli_and_share_one_redis(root, cli, tmp_path, 
 def test_ray_embeds_texts_with_one_model_per_actor(root, cluster):
     texts = ["A man is eating food.", "A man is riding a horse.", "", "Two dogs play in the snow."]
     ds = ray.data.from_items([{"text": t} for t in texts])
-    rows = ds.map_batches(Embed, fn_constructor_kwargs={"cache": False}, concurrency=2, num_cpus=1, batch_size=2, batch_format="numpy").take_all()
+    rows = ds.map_batches(Embed, fn_constructor_kwargs={"cache": False}, compute=ray.data.ActorPoolStrategy(size=2), num_cpus=1, batch_size=2, batch_format="numpy").take_all()
     import singlepoint as sp
 
     direct = sp.Model("all-minilm-l6-v2", cache=False).encode(texts)
