@@ -421,15 +421,7 @@ impl NativeModel {
             data: Bytes::copy_from_slice(data.as_bytes()),
         };
         let items = oip::image_items_from_memory(tensor, input).map_err(value_error)?;
-        let items = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| MemoryItem {
-                name: format!("row {i}").into(),
-                input: Ok(input),
-            })
-            .collect();
-        self.classify_memory(py, items)
+        self.classify_memory(py, rows(items))
     }
 
     /// Runs a `tensor` model on its inputs, each (name, OIP datatype, shape, little-endian
@@ -454,14 +446,7 @@ impl NativeModel {
             .collect();
         let items = oip::tensor_items_from_memory(given, &self.model().manifest.inputs, usize::MAX)
             .map_err(value_error)?;
-        let items: Vec<MemoryItem> = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, input)| MemoryItem {
-                name: format!("row {i}").into(),
-                input: Ok(input),
-            })
-            .collect();
+        let items = rows(items);
         let names: Vec<String> = self
             .model()
             .manifest
@@ -715,6 +700,18 @@ impl NativeModel {
         self.record(stats);
         Ok(rows)
     }
+}
+
+/// A tensor's rows as items named `row N`, the names their answers are reported under.
+fn rows(items: Vec<singlepoint_protocol::ItemInput>) -> Vec<MemoryItem> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| MemoryItem {
+            name: format!("row {i}").into(),
+            input: Ok(input),
+        })
+        .collect()
 }
 
 fn text_entries(texts: Vec<String>) -> impl Iterator<Item = TextEntry> + Send {
