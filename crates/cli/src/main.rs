@@ -2,6 +2,7 @@
 //! the runtime's config types, and handed to `singlepoint-runtime`; this crate only knows
 //! about terminals, flags and output formats.
 
+mod adapt;
 mod cache_args;
 mod classify;
 mod detect;
@@ -54,6 +55,12 @@ enum Command {
     /// Write model.json for a bare ONNX file: inputs, outputs, types and shapes from the file;
     /// what it cannot say (an image model's preprocessing, pad values) from flags
     Init(init::InitArgs),
+    /// Adapt a model to your own classes: a head trained on its features from labelled
+    /// examples (a folder per class, or a TSV of label and text) or from corrections, written
+    /// as a new model version
+    Adapt(adapt::AdaptArgs),
+    /// List an adapted model's versions in a model repository, or serve another (rollback)
+    Versions(adapt::VersionsArgs),
     /// Manage the ONNX Runtime library that the fast engine loads
     Runtime {
         #[command(subcommand)]
@@ -123,6 +130,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Tune(args) => tune::run(args),
         Command::Init(args) => init::run(args),
+        Command::Adapt(args) => adapt::run(args),
+        Command::Versions(args) => adapt::versions(args),
         Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
         Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
         Command::Cache {

@@ -8,11 +8,13 @@
 
 pub mod pb;
 
+pub use pb::ModelProto;
+
 use std::collections::{HashMap, HashSet};
 
 use pb::{
     attribute_type, data_type, tensor_shape_proto, type_proto, AttributeProto, GraphProto,
-    ModelProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
+    NodeProto, TensorProto, TypeProto, ValueInfoProto,
 };
 use prost::Message;
 

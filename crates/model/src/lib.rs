@@ -87,6 +87,10 @@ pub struct Model {
     /// A text model's tokenizer (read and checked at load).
     pub text: Option<Arc<TextEncoder>>,
     pub digest: ModelDigest,
+    /// The manifest as written, and a text model's tokenizer file, for tools that write a
+    /// new model from this one (`adapt`).
+    pub manifest_text: Arc<str>,
+    pub tokenizer_json: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -249,7 +253,10 @@ impl Model {
             None => (None, Vec::new()),
         };
         let digest = model_digest(&manifest, &onnx, &labels_text, &groups_text, &tokenizer);
+        let tokenizer_json = manifest.text.as_ref().map(|_| tokenizer.into());
         Ok(Model {
+            manifest_text: manifest_text.into(),
+            tokenizer_json,
             manifest,
             origin,
             manifest_path: manifest_path.to_path_buf(),

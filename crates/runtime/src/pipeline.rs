@@ -380,6 +380,25 @@ impl Classifier {
         )
     }
 
+    /// Runs an image-classification model on every entry of `inputs` and gives each image's
+    /// output row as the model computed it (no activation, no ranking): what `adapt` reads
+    /// as features from a model whose output is a backbone's penultimate layer.
+    pub fn rows(
+        &self,
+        inputs: impl Iterator<Item = InputEntry> + Send,
+        on_result: impl FnMut(ItemResult<Vec<f32>>) -> ControlFlow<()>,
+    ) -> Result<RunStats, RuntimeError> {
+        let task = ImageClassification::new(self.model.clone(), self.config.limits)
+            .ok_or_else(|| self.wrong_task("rows are read from image-classification models"))?;
+        self.run_task(
+            Arc::new(task),
+            inputs.map(RunInput::File),
+            None,
+            |outputs| Ok(task::row(outputs).to_vec()),
+            on_result,
+        )
+    }
+
     /// Runs a `tensor` model on rows of its inputs held in memory, in order: each answer is
     /// every output of the model for that row, without the batch axis.
     pub fn run_tensors(
