@@ -108,6 +108,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{name}/classify", post(classify))
         .route("/v1/models/{name}/detect", post(detect))
         .route(
+            "/v1/models/{name}/feedback",
+            post(crate::feedback::feedback),
+        )
+        .route(
             "/v1/streams/{id}/detect",
             post(crate::streams::detect_frames),
         )
@@ -216,6 +220,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/models",
     "/v1/models/{name}/classify",
     "/v1/models/{name}/detect",
+    "/v1/models/{name}/feedback",
     "/v1/streams/{id}/detect",
     "/v1/streams/{id}",
     "/v1/embeddings",

@@ -11,6 +11,7 @@
 //! - [`http`]: routes, handlers, errors as `{"error": ...}`, the metrics exposition.
 //! - [`metrics`]: Prometheus counters and histograms.
 
+pub mod feedback;
 pub mod http;
 pub mod metrics;
 pub mod streams;

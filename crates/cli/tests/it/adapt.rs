@@ -2,7 +2,13 @@
 //! real pictures and sentences, written as model folders and versions that `classify` serves.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use super::serve::Server;
 use super::{repo, singlepoint, singlepoint_with_cache, text};
 
 /// The shot boundaries of tests/data/video/bikes.mp4 (its README).
@@ -289,4 +295,194 @@ fn bad_examples_get_clear_errors() {
     // A detector is no backbone.
     let e = run(&d("one"), &["--model", "models/yolov3-tiny"]);
     assert!(e.contains("not object-detection"), "{e}");
+}
+
+/// Keeps the first `n` frames of each shot folder.
+fn keep_first(dir: &Path, n: usize) {
+    for class in std::fs::read_dir(dir).unwrap().flatten() {
+        let mut files: Vec<_> = std::fs::read_dir(class.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().skip(n) {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+}
+
+/// Every frame under `dir` with its shot (the folder), sorted.
+fn frames(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for class in std::fs::read_dir(dir).unwrap().flatten() {
+        let shot = class.file_name().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(class.path()).unwrap().flatten() {
+            out.push((shot.clone(), std::fs::read(f.path()).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn corrections_posted_under_load_train_a_version_served_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (few, candidates) = (dir.path().join("few"), dir.path().join("candidates"));
+    scene_frames(&few, 0);
+    keep_first(&few, 2);
+    scene_frames(&candidates, 2);
+    let repo_dir = dir.path().join("repo");
+    std::fs::create_dir(&repo_dir).unwrap();
+    let (f, r) = (few.display().to_string(), repo_dir.display().to_string());
+    let cache = dir.path().join("adapt-cache");
+    let args = [
+        "adapt",
+        "--examples",
+        &f,
+        "--repository",
+        &r,
+        "--name",
+        "scenes",
+    ];
+    let out = singlepoint_with_cache(&args, None, &cache);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let server = Arc::new(Server::start(&[
+        "--model-repository",
+        &r,
+        "--model-control",
+        "poll",
+        "--repository-poll-interval",
+        "200ms",
+    ]));
+    let ask = |server: &Server, bytes: &[u8]| -> Value {
+        let reply = server.send("POST", "/v1/models/scenes/classify", &[], bytes);
+        assert_eq!(reply.status, 200, "{}", text(&reply.body));
+        reply.json()
+    };
+    // Version 1 (two frames a shot) gets some frames wrong: those are corrected first, then
+    // others up to 20.
+    let candidates = frames(&candidates);
+    let mut wrong = Vec::new();
+    let mut right = Vec::new();
+    for (i, (shot, bytes)) in candidates.iter().enumerate() {
+        let answer = ask(&server, bytes);
+        assert_eq!(answer["model_version"], "1");
+        if answer["results"][0]["label"] == shot.as_str() {
+            right.push(i);
+        } else {
+            wrong.push(i);
+        }
+    }
+    assert!(
+        !wrong.is_empty(),
+        "version 1 is right on every frame: nothing to correct"
+    );
+    let corrected: Vec<usize> = wrong.iter().chain(&right).copied().take(20).collect();
+
+    // Load: clients asking for every candidate frame until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|c| {
+            let (server, stop, frames) = (server.clone(), stop.clone(), candidates.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed, mut versions) = (0, 0, std::collections::BTreeSet::new());
+                let mut i = c;
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = server.send(
+                        "POST",
+                        "/v1/models/scenes/classify",
+                        &[],
+                        &frames[i % frames.len()].1,
+                    );
+                    if reply.status == 200 {
+                        ok += 1;
+                        versions
+                            .insert(reply.json()["model_version"].as_str().unwrap().to_string());
+                    } else {
+                        failed += 1;
+                    }
+                    i += 1;
+                }
+                (ok, failed, versions)
+            })
+        })
+        .collect();
+
+    for (n, &i) in corrected.iter().enumerate() {
+        let (shot, bytes) = &candidates[i];
+        let reply = server.send(
+            "POST",
+            &format!("/v1/models/scenes/feedback?label={shot}"),
+            &[],
+            bytes,
+        );
+        assert_eq!(reply.status, 200, "{}", text(&reply.body));
+        assert_eq!(reply.json()["recorded"], n + 1);
+    }
+    let args = [
+        "adapt",
+        "--from-feedback",
+        "--repository",
+        &r,
+        "--name",
+        "scenes",
+    ];
+    let out = singlepoint_with_cache(&args, None, &cache);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("scenes version 2:"), "{stdout}");
+    assert!(stdout.contains("corrections from feedback: 20"), "{stdout}");
+
+    // The server loads version 2 while the clients keep asking.
+    let t0 = Instant::now();
+    loop {
+        let meta = server.send("GET", "/v2/models/scenes", &[], &[]).json();
+        if meta["versions"] == serde_json::json!(["2"]) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "version 2 never served: {meta}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut versions = std::collections::BTreeSet::new();
+    for handle in load {
+        let (ok, failed, seen) = handle.join().unwrap();
+        assert_eq!(failed, 0, "requests failed during the swap");
+        assert!(ok > 0);
+        versions.extend(seen);
+    }
+    assert!(
+        versions.contains("1") && versions.contains("2"),
+        "{versions:?}"
+    );
+
+    // Every corrected frame now gets its label from version 2; a frame version 1 answered
+    // (and cached) wrongly is computed afresh, never served version 1's answer.
+    for &i in &corrected {
+        let (shot, bytes) = &candidates[i];
+        let answer = ask(&server, bytes);
+        assert_eq!(answer["model_version"], "2");
+        assert_eq!(answer["results"][0]["label"], shot.as_str(), "frame {i}");
+    }
+
+    // Bad feedback: a label the model lacks, none at all, an unknown model.
+    let bytes = &candidates[0].1;
+    let reply = server.send("POST", "/v1/models/scenes/feedback?label=cat", &[], bytes);
+    assert_eq!(reply.status, 400);
+    assert!(text(&reply.body).contains("`cat` is not a class of `scenes`"));
+    let reply = server.send("POST", "/v1/models/scenes/feedback", &[], bytes);
+    assert_eq!(reply.status, 400);
+    assert!(text(&reply.body).contains("?label="));
+    let reply = server.send("POST", "/v1/models/nothing/feedback?label=a", &[], bytes);
+    assert_eq!(reply.status, 404);
+    // No new corrections: no new version.
+    let out = singlepoint_with_cache(&args, None, &cache);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no corrections for scenes since version 2"));
 }
