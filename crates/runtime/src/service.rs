@@ -407,10 +407,12 @@ impl ModelService {
         ticket
     }
 
-    fn submit_inner(&self, input: ItemInput, deadline: Instant) -> Ticket {
+    /// The content key an item's answer is cached under (the model digest, the task's entry
+    /// encoding and the input): what answers carry so that a correction can name them.
+    pub fn key(&self, input: &ItemInput) -> CacheKey {
         let shared = &self.shared;
-        let encoding = shared.task.entry_encoding(&input);
-        let key = match &input {
+        let encoding = shared.task.entry_encoding(input);
+        match input {
             ItemInput::Image(bytes) => CacheKey::new(&shared.model.digest, encoding, bytes),
             ItemInput::Pixels { width, height, rgb } => CacheKey::from_parts(
                 &shared.model.digest,
@@ -433,7 +435,12 @@ impl ModelService {
                 encoding,
                 &[&[u8::from(*truncate)], text.as_bytes()],
             ),
-        };
+        }
+    }
+
+    fn submit_inner(&self, input: ItemInput, deadline: Instant) -> Ticket {
+        let shared = &self.shared;
+        let key = self.key(&input);
         let lookup = || {
             let cache = shared.cache.as_ref()?;
             cache.get(&key).and_then(|v| decode_outputs(&v))

@@ -6,9 +6,13 @@
 //! - Image classifiers: the image's bytes as the body (or a multipart form with one file),
 //!   `?label=`.
 //! - Text classifiers: `{"text": "...", "label": "..."}`.
+//! - Either: `{"key": "...", "label": "..."}`, the `key` an earlier answer carried. While the
+//!   server has a repository, classifier answers carry their cache key and the server keeps
+//!   the inputs of the latest ones (64 MiB at most, oldest out first) so that a key names an
+//!   input; an older or unknown key is refused with what to send instead.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::header;
@@ -18,7 +22,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use singlepoint_adapt::{Corrected, FeedbackLog};
+use singlepoint_cache::CacheKey;
 use singlepoint_model::Task;
+use singlepoint_runtime::{ItemInput, ModelService};
 
 use crate::http::{find_model, model_label, read_images, record, ApiError};
 use crate::AppState;
@@ -29,9 +35,110 @@ pub(crate) struct FeedbackQuery {
 }
 
 #[derive(Deserialize)]
-struct TextFeedback {
-    text: String,
+#[serde(deny_unknown_fields)]
+struct JsonFeedback {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
     label: String,
+}
+
+/// The most input bytes kept for keys.
+const RECENT_BYTES: usize = 64 << 20;
+
+/// The inputs of recent classifier answers, by model and key.
+#[derive(Default)]
+pub struct Recent(Mutex<RecentInner>);
+
+#[derive(Default)]
+struct RecentInner {
+    inputs: HashMap<(String, [u8; 32]), Corrected>,
+    order: VecDeque<(String, [u8; 32])>,
+    bytes: usize,
+}
+
+fn size(c: &Corrected) -> usize {
+    match c {
+        Corrected::Image(b) => b.len(),
+        Corrected::Text(t) => t.len(),
+    }
+}
+
+impl Recent {
+    fn remember(&self, model: &str, key: CacheKey, input: Corrected) {
+        let n = size(&input);
+        if n > RECENT_BYTES {
+            return;
+        }
+        let mut r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let id = (model.to_string(), key.0);
+        if r.inputs.contains_key(&id) {
+            return;
+        }
+        while r.bytes + n > RECENT_BYTES {
+            let Some(old) = r.order.pop_front() else {
+                break;
+            };
+            if let Some(gone) = r.inputs.remove(&old) {
+                r.bytes -= size(&gone);
+            }
+        }
+        r.bytes += n;
+        r.order.push_back(id.clone());
+        r.inputs.insert(id, input);
+    }
+
+    fn recall(&self, model: &str, key: &[u8; 32]) -> Option<Corrected> {
+        let r = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        r.inputs.get(&(model.to_string(), *key)).cloned()
+    }
+}
+
+/// For the answers of a classifier on a server with a repository: each item's cache key (hex),
+/// its input kept for corrections that name it. `None` otherwise (nothing is kept).
+pub(crate) fn keys_for_feedback(
+    state: &AppState,
+    service: &ModelService,
+    items: &[ItemInput],
+) -> Option<Vec<String>> {
+    state.repository.get()?;
+    let model = service.model();
+    if !matches!(
+        model.manifest.task,
+        Task::ImageClassification | Task::TextClassification
+    ) {
+        return None;
+    }
+    Some(
+        items
+            .iter()
+            .map(|item| {
+                let key = service.key(item);
+                let hex = key.to_hex();
+                let input = match item {
+                    ItemInput::Image(b) => Some(Corrected::Image(b.to_vec())),
+                    ItemInput::Text { text, .. } => Some(Corrected::Text(text.to_string())),
+                    _ => None,
+                };
+                if let Some(input) = input {
+                    state.recent.remember(&model.manifest.name, key, input);
+                }
+                hex
+            })
+            .collect(),
+    )
+}
+
+fn parse_key(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 pub(crate) async fn feedback(
@@ -62,17 +169,65 @@ async fn feedback_inner(
              --model-repository DIR",
         ));
     };
-    let (what, label) = match model.manifest.task {
-        Task::TextClassification => {
+    let task = model.manifest.task;
+    if !matches!(task, Task::ImageClassification | Task::TextClassification) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` is a `{}` model; feedback corrects image and text classifiers",
+            task.as_str()
+        )));
+    }
+    let json_body = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    let (what, label) =
+        if json_body || task == Task::TextClassification {
             let body = Bytes::from_request(request, state).await?;
-            let f: TextFeedback = serde_json::from_slice(&body).map_err(|e| {
+            let f: JsonFeedback = serde_json::from_slice(&body).map_err(|e| {
                 ApiError::bad_request(format!(
-                    "expected {{\"text\": \"...\", \"label\": \"...\"}}: {e}"
+                    "expected {{\"key\": \"...\", \"label\": \"...\"}} (the key of an earlier \
+                 answer){}: {e}",
+                    if task == Task::TextClassification {
+                        " or {\"text\": \"...\", \"label\": \"...\"}"
+                    } else {
+                        ""
+                    }
                 ))
             })?;
-            (Corrected::Text(f.text), f.label)
-        }
-        Task::ImageClassification => {
+            match (f.key, f.text) {
+                (Some(hex), None) => {
+                    let key = parse_key(&hex).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "`{hex}` is not a cache key (64 hexadecimal digits, as answers carry)"
+                        ))
+                    })?;
+                    let input = state.recent.recall(&name, &key).ok_or_else(|| {
+                        ApiError::new(
+                            axum::http::StatusCode::NOT_FOUND,
+                            format!(
+                                "no recent answer of `{name}` has the key {hex} (the server keeps \
+                             the inputs of its latest answers only, and not across restarts); \
+                             send the input itself with the label"
+                            ),
+                        )
+                    })?;
+                    (input, f.label)
+                }
+                (None, Some(text)) if task == Task::TextClassification => {
+                    (Corrected::Text(text), f.label)
+                }
+                (None, Some(_)) => {
+                    return Err(ApiError::bad_request(format!(
+                        "`{name}` classifies images: send the image's bytes with ?label=, or \
+                     {{\"key\": ..., \"label\": ...}}"
+                    )))
+                }
+                _ => return Err(ApiError::bad_request(
+                    "give either `key` (of an earlier answer) or the input, not both or neither",
+                )),
+            }
+        } else {
             let label = query
                 .and_then(|q| q.label)
                 .ok_or_else(|| ApiError::bad_request("say the right label: ?label=NAME"))?;
@@ -85,14 +240,7 @@ async fn feedback_inner(
             }
             let (_, bytes) = files.pop().expect("one file");
             (Corrected::Image(bytes.to_vec()), label)
-        }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "`{name}` is a `{}` model; feedback corrects image and text classifiers",
-                other.as_str()
-            )))
-        }
-    };
+        };
     let labels: Vec<String> = model
         .labels
         .as_ref()

@@ -858,13 +858,15 @@ async fn classify_inner(
         .into_iter()
         .map(|(n, b)| (n, ItemInput::Image(b)))
         .unzip();
+    let keys = crate::feedback::keys_for_feedback(state, &service, &items);
     let outcomes = run_items(state, &service, items).await?;
     image_request_failure(&outcomes, multipart)?;
     let model = service.model();
     let results: Vec<Value> = names
         .into_iter()
         .zip(outcomes)
-        .map(|(name, outcome)| match outcome {
+        .enumerate()
+        .map(|(i, (name, outcome))| match outcome {
             Ok((outputs, source)) => {
                 let c = task::answer(model, task::row(&outputs), top_k);
                 // The same shape as `classify --format json`.
@@ -873,13 +875,17 @@ async fn classify_inner(
                     .iter()
                     .map(|t| json!({ "class": t.class_idx, "label": t.label, "probability": t.probability }))
                     .collect();
-                json!({
+                let mut answer = json!({
                     "name": name,
                     "label": c.display_label,
                     "top_k": top,
                     "cached": source == Source::Cache,
                     "source": source.as_str(),
-                })
+                });
+                if let Some(keys) = &keys {
+                    answer["key"] = json!(keys[i]);
+                }
+                answer
             }
             Err(f) => json!({ "name": name, "error": f.to_string() }),
         })

@@ -374,6 +374,8 @@ pub struct AppState {
     pub rss: RssSampler,
     /// Camera streams and their reuse state (`streams`).
     pub streams: streams::Streams,
+    /// The inputs of recent classifier answers, for corrections that name an answer's key.
+    pub recent: feedback::Recent,
 }
 
 /// Models loaded and their threads running, ready to accept connections.
@@ -424,6 +426,7 @@ impl Server {
                 ready_at: std::time::Instant::now(),
                 rss: RssSampler::start(Duration::from_secs(1)),
                 streams: streams::Streams::default(),
+                recent: feedback::Recent::default(),
             }),
         })
     }

@@ -288,7 +288,9 @@ pub(crate) async fn classify_texts(
             "top_k must be from 1 to {classes}"
         )));
     }
-    let answers = run_items(state, &service, items(request.inputs, request.truncate)).await?;
+    let inputs = items(request.inputs, request.truncate);
+    let keys = crate::feedback::keys_for_feedback(state, &service, &inputs);
+    let answers = run_items(state, &service, inputs).await?;
     let single = plain;
     if answers.len() == 1 {
         if let Some(e) = first_failure(&answers, if single { "body" } else { "inputs" }, true) {
@@ -303,7 +305,7 @@ pub(crate) async fn classify_texts(
             Ok((outputs, source)) => {
                 let c = task::answer(model, task::row(outputs), top_k);
                 let (used, whole) = token_counts(outputs);
-                json!({
+let mut answer =                 json!({
                     "index": i,
                     "label": c.display_label,
                     "top_k": c.top.iter().map(|t| json!({ "class": t.class_idx, "label": t.label, "probability": t.probability })).collect::<Vec<_>>(),
@@ -311,7 +313,11 @@ pub(crate) async fn classify_texts(
                     "truncated": whole > used,
                     "cached": *source == Source::Cache,
                     "source": source.as_str(),
-                })
+                });
+                if let Some(keys) = &keys {
+                    answer["key"] = json!(keys[i]);
+                }
+                answer
             }
             Err(e) => json!({ "index": i, "error": e.to_string() }),
         })

@@ -471,6 +471,32 @@ fn corrections_posted_under_load_train_a_version_served_without_a_failed_request
         assert_eq!(answer["results"][0]["label"], shot.as_str(), "frame {i}");
     }
 
+    // A correction may name an earlier answer by the key it carried.
+    let answer = ask(&server, &candidates[1].1);
+    let key = answer["results"][0]["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key in {answer}"))
+        .to_string();
+    assert_eq!(key.len(), 64);
+    let correct = |body: Value| {
+        server.send(
+            "POST",
+            "/v1/models/scenes/feedback",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    };
+    let reply = correct(serde_json::json!({ "key": key, "label": candidates[1].0 }));
+    assert_eq!(reply.status, 200, "{}", text(&reply.body));
+    assert_eq!(reply.json()["recorded"], 21);
+    // An unknown key, and one that is not a key.
+    let reply = correct(serde_json::json!({ "key": "ab".repeat(32), "label": "shot-1" }));
+    assert_eq!(reply.status, 404);
+    assert!(text(&reply.body).contains("no recent answer of `scenes` has the key abab"));
+    let reply = correct(serde_json::json!({ "key": "xyz", "label": "shot-1" }));
+    assert_eq!(reply.status, 400);
+    assert!(text(&reply.body).contains("`xyz` is not a cache key"));
+
     // Bad feedback: a label the model lacks, none at all, an unknown model.
     let bytes = &candidates[0].1;
     let reply = server.send("POST", "/v1/models/scenes/feedback?label=cat", &[], bytes);
@@ -481,8 +507,11 @@ fn corrections_posted_under_load_train_a_version_served_without_a_failed_request
     assert!(text(&reply.body).contains("?label="));
     let reply = server.send("POST", "/v1/models/nothing/feedback?label=a", &[], bytes);
     assert_eq!(reply.status, 404);
-    // No new corrections: no new version.
+    // The correction by key makes version 3; then there is nothing new to train on.
+    let out = singlepoint_with_cache(&args, None, &cache);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("corrections from feedback: 21"));
     let out = singlepoint_with_cache(&args, None, &cache);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("no corrections for scenes since version 2"));
+    assert!(text(&out.stderr).contains("no corrections for scenes since version 3"));
 }
