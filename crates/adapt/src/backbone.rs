@@ -67,25 +67,16 @@ pub(crate) fn model_from(
         format!("{} (derived)", base.origin),
         &PathBuf::from(format!("{name}/model.json")),
         &text,
-        |file| match file {
-            "model.onnx" => onnx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .ok_or_else(|| singlepoint_model::ModelError::Io {
-                    path: file.into(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                }),
-            "tokenizer.json" => tokenizer.as_deref().map(<[u8]>::to_vec).ok_or_else(|| {
-                singlepoint_model::ModelError::Io {
-                    path: file.into(),
-                    source: std::io::ErrorKind::NotFound.into(),
-                }
-            }),
-            other => Err(singlepoint_model::ModelError::Io {
-                path: other.into(),
+        |file| {
+            let found = match file {
+                "model.onnx" => onnx.lock().unwrap_or_else(|p| p.into_inner()).take(),
+                "tokenizer.json" => tokenizer.as_deref().map(<[u8]>::to_vec),
+                _ => None,
+            };
+            found.ok_or_else(|| singlepoint_model::ModelError::Io {
+                path: file.into(),
                 source: std::io::ErrorKind::NotFound.into(),
-            }),
+            })
         },
     )
     .map_err(|e| AdaptError::Model(e.to_string()))
@@ -194,10 +185,6 @@ impl Backbone {
                 other.as_str()
             ))),
         }
-    }
-
-    pub fn is_text(&self) -> bool {
-        self.text_normalize.is_some()
     }
 
     /// The features of every example, in order (a failed one is its error), through

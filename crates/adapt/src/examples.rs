@@ -167,13 +167,6 @@ impl Examples {
         self.labels.iter().filter(|&&l| l == class).count()
     }
 
-    pub fn smallest_class(&self) -> usize {
-        (0..self.classes.len())
-            .map(|c| self.count(c))
-            .min()
-            .unwrap_or(0)
-    }
-
     pub fn is_text(&self) -> bool {
         matches!(self.items.first(), Some(Example::Text { .. }))
     }

@@ -231,12 +231,10 @@ fn finish(
         let p = train::predict(&trained.head, f);
         (p.iter().zip(l).filter(|(a, b)| a == b).count(), l.len())
     });
-    let (version, dir, staged) = match &to {
-        Destination::Folder(dir) => (1, dir.to_path_buf(), None),
-        Destination::Repository(v) => {
-            let (n, staged) = v.stage()?;
-            (n, staged.clone(), Some((n, staged)))
-        }
+    // A repository's version is written to a staging folder and renamed into place.
+    let (version, dir) = match &to {
+        Destination::Folder(dir) => (1, dir.to_path_buf()),
+        Destination::Repository(v) => v.stage()?,
     };
     let (base, base_origin, base_digest) = provenance.base;
     let record = Record {
@@ -269,12 +267,12 @@ fn finish(
         digest: String::new(),
     };
     let record = version::write_model(&dir, backbone, &trained.head, classes, &set, record)?;
-    let dir = match (&to, staged) {
-        (Destination::Repository(v), Some((n, staged))) => {
-            v.install(n, &staged)?;
-            v.version_dir(n)
+    let dir = match &to {
+        Destination::Repository(v) => {
+            v.install(version, &dir)?;
+            v.version_dir(version)
         }
-        _ => dir,
+        Destination::Folder(_) => dir,
     };
     Ok(Outcome {
         record,
