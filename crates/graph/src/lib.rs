@@ -7,6 +7,7 @@
 //! round trip, so an edit never drops what the file held.
 
 pub mod pb;
+pub mod quant;
 
 pub use pb::ModelProto;
 

@@ -126,3 +126,141 @@ fn what_is_not_a_model_or_not_a_classifier_is_refused() {
     };
     assert!(expose(&minilm, &missing).is_err());
 }
+
+mod quant {
+    use std::collections::{HashMap, HashSet};
+
+    use singlepoint_graph::pb::data_type;
+    use singlepoint_graph::quant::{self, Range, Role};
+    use singlepoint_graph::{decode, encode};
+
+    use super::{EFFICIENTNET, MINILM};
+
+    /// Every calibration tensor given the range a ReLU6 output has.
+    fn ranges(model: &singlepoint_graph::ModelProto) -> HashMap<String, Range> {
+        quant::calibration_tensors(model)
+            .into_iter()
+            .map(|t| {
+                (
+                    t,
+                    Range {
+                        min: -1.0,
+                        max: 6.0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn ops(model: &singlepoint_graph::ModelProto, op: &str) -> usize {
+        let g = model.graph.as_ref().unwrap();
+        g.node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some(op))
+            .count()
+    }
+
+    #[test]
+    fn efficientnet_quantises_every_conv_with_int8_weights_and_folds_its_clips() {
+        let model = decode(EFFICIENTNET).unwrap();
+        let nodes = quant::quantizable(&model);
+        let weighted = nodes.iter().filter(|n| n.role == Role::Weighted).count();
+        assert_eq!(weighted, 50, "49 Conv and the Gemm");
+        // Clip outputs lie in [0, 6]: the quantised range [0, 6] makes every Clip after a
+        // quantised Conv redundant.
+        let ranges: HashMap<String, Range> = quant::calibration_tensors(&model)
+            .into_iter()
+            .map(|t| (t, Range { min: 0.0, max: 6.0 }))
+            .collect();
+        let (q, summary) = quant::quantize(&model, &ranges, &HashSet::new()).unwrap();
+        assert_eq!(summary.folded, 33);
+        assert_eq!(ops(&q, "Clip"), 0);
+        assert_eq!(summary.float, Vec::<String>::new());
+        let g = q.graph.as_ref().unwrap();
+        // Every Conv reads a dequantised int8 weight with one scale per output channel.
+        let producers: HashMap<&str, &singlepoint_graph::pb::NodeProto> = g
+            .node
+            .iter()
+            .flat_map(|n| n.output.iter().map(move |o| (o.as_str(), n)))
+            .collect();
+        let inits: HashMap<&str, &singlepoint_graph::pb::TensorProto> = g
+            .initializer
+            .iter()
+            .map(|t| (t.name.as_deref().unwrap(), t))
+            .collect();
+        for conv in g
+            .node
+            .iter()
+            .filter(|n| n.op_type.as_deref() == Some("Conv"))
+        {
+            let dq = producers[conv.input[1].as_str()];
+            assert_eq!(dq.op_type.as_deref(), Some("DequantizeLinear"));
+            let w = inits[dq.input[0].as_str()];
+            assert_eq!(w.data_type, Some(data_type::INT8));
+            assert_eq!(inits[dq.input[1].as_str()].dims, [w.dims[0]]);
+            let x = producers[conv.input[0].as_str()];
+            assert_eq!(x.op_type.as_deref(), Some("DequantizeLinear"));
+        }
+        // No float weight is left: the file is about a quarter of the float one.
+        assert!(!g
+            .initializer
+            .iter()
+            .any(|t| t.data_type == Some(data_type::FLOAT) && t.dims.len() >= 2));
+        assert!(encode(&q).len() < EFFICIENTNET.len() / 3);
+        assert!(quant::is_quantized(&q));
+        // A re-encoded quantised graph decodes again (nothing lossy written).
+        decode(&encode(&q)).unwrap();
+    }
+
+    #[test]
+    fn layers_kept_in_float_keep_their_float_weights() {
+        let model = decode(EFFICIENTNET).unwrap();
+        let keep: HashSet<String> =
+            ["/_conv_stem/Conv".to_string(), "/_fc/Gemm".to_string()].into();
+        let (q, summary) = quant::quantize(&model, &ranges(&model), &keep).unwrap();
+        assert_eq!(summary.float.len(), 2);
+        let g = q.graph.as_ref().unwrap();
+        let stem = g
+            .node
+            .iter()
+            .find(|n| n.name.as_deref() == Some("/_conv_stem/Conv"))
+            .unwrap();
+        assert_eq!(
+            stem.input[1], "onnx::Conv_911",
+            "the stem reads its float weights"
+        );
+        // With range [-1, 6] the Clips cannot fold (the codes reach below 0).
+        assert_eq!(summary.folded, 0);
+        assert_eq!(ops(&q, "Clip"), 33);
+    }
+
+    #[test]
+    fn quantised_models_and_missing_ranges_are_refused() {
+        // The bundled MiniLM is int8 already.
+        let minilm = decode(MINILM).unwrap();
+        assert!(quant::is_quantized(&minilm));
+        let err = quant::quantize(&minilm, &HashMap::new(), &HashSet::new()).unwrap_err();
+        assert!(err.to_string().contains("already quantised"), "{err}");
+        let model = decode(EFFICIENTNET).unwrap();
+        assert!(!quant::is_quantized(&model));
+        let err = quant::quantize(&model, &HashMap::new(), &HashSet::new()).unwrap_err();
+        assert!(err.to_string().contains("no calibrated range"), "{err}");
+    }
+
+    #[test]
+    fn affine_parameters_hold_zero_exactly() {
+        let a = Range { min: 0.0, max: 6.0 }.affine();
+        assert_eq!(a.zero_point, 0);
+        let (lo, hi) = a.representable();
+        assert_eq!(lo, 0.0);
+        assert!((hi - 6.0).abs() < 1e-5, "{hi}");
+        let b = Range {
+            min: -2.0,
+            max: 2.0,
+        }
+        .affine();
+        assert!(matches!(b.zero_point, 127 | 128), "{b:?}");
+        // A constant tensor still has a usable scale.
+        assert_eq!(Range { min: 0.0, max: 0.0 }.affine().scale, 1.0);
+    }
+}
