@@ -10,6 +10,7 @@ mod draw;
 mod embed;
 mod init;
 mod output;
+mod quantize;
 mod serve;
 mod tune;
 mod tune_reuse;
@@ -59,6 +60,9 @@ enum Command {
     /// examples (a folder per class, or a TSV of label and text) or from corrections, written
     /// as a new model version
     Adapt(adapt::AdaptArgs),
+    /// An int8 version of a model: calibrated on your inputs, compared with the float model
+    /// on held-out ones, the most sensitive layers kept in float until --min-agreement holds
+    Quantize(quantize::QuantizeArgs),
     /// List an adapted model's versions in a model repository, or serve another (rollback)
     Versions(adapt::VersionsArgs),
     /// Manage the ONNX Runtime library that the fast engine loads
@@ -132,6 +136,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Adapt(args) => adapt::run(args),
         Command::Versions(args) => adapt::versions(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Runtime { action } => runtime(action).map(|()| ExitCode::SUCCESS),
         Command::Model { action } => model(action).map(|()| ExitCode::SUCCESS),
         Command::Cache {

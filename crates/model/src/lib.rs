@@ -91,6 +91,9 @@ pub struct Model {
     /// new model from this one (`adapt`).
     pub manifest_text: Arc<str>,
     pub tokenizer_json: Option<Arc<[u8]>>,
+    /// Every file the manifest names besides the ONNX graph (labels, label groups, the
+    /// tokenizer), by its path in the folder, as read: what a derived model copies.
+    pub files: Vec<(String, Arc<[u8]>)>,
 }
 
 impl std::fmt::Debug for Model {
@@ -211,9 +214,11 @@ impl Model {
                 other => other.to_string(),
             },
         })?;
+        let mut files: Vec<(String, Arc<[u8]>)> = Vec::new();
         let (labels, labels_text) = match &manifest.labels {
             Some(rel) => {
                 let bytes = read(rel)?;
+                files.push((rel.clone(), bytes.as_slice().into()));
                 let text = String::from_utf8(bytes).map_err(|_| ModelError::InvalidFile {
                     file: in_dir(rel),
                     reason: "is not UTF-8 text".into(),
@@ -236,6 +241,7 @@ impl Model {
         let (groups, groups_text) = match (&manifest.label_groups, &labels) {
             (Some(rel), Some(labels)) => {
                 let bytes = read(rel)?;
+                files.push((rel.clone(), bytes.as_slice().into()));
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 (
                     Some(LabelGroups::parse(&in_dir(rel), &text, labels.len())?),
@@ -247,6 +253,7 @@ impl Model {
         let (text, tokenizer) = match &manifest.text {
             Some(spec) => {
                 let bytes = read(&spec.tokenizer)?;
+                files.push((spec.tokenizer.clone(), bytes.as_slice().into()));
                 let encoder = TextEncoder::new(&in_dir(&spec.tokenizer), &bytes, spec.max_length)?;
                 (Some(Arc::new(encoder)), bytes)
             }
@@ -257,6 +264,7 @@ impl Model {
         Ok(Model {
             manifest_text: manifest_text.into(),
             tokenizer_json,
+            files,
             manifest,
             origin,
             manifest_path: manifest_path.to_path_buf(),

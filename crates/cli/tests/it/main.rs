@@ -9,6 +9,7 @@ mod adapt;
 mod detect;
 mod endurance;
 mod hostile;
+mod quantize;
 mod redis;
 mod serve;
 mod text;
