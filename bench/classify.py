@@ -6,7 +6,11 @@ machine noise hits both alike, and reports medians of wall time, images/s, CPU c
 image (user + sys, all threads), peak RSS, and the per-stage core-ms each tool reports.
 Writes a Markdown report to bench/results/.
 
+With `--int8 DIR` (a version `singlepoint quantize` wrote), `singlepoint classify --model DIR`
+runs as a third tool in the same alternation, so its ratios are taken in the same run too.
+
 Usage: python3 bench/classify.py [--runs 3] [--sets web camera] [--bin target/release/singlepoint]
+       [--int8 DIR] [--out FILE]
 Needs bench/make_photos.py to have been run, and Pillow, numpy, onnxruntime for the peer.
 """
 from common import header
@@ -42,6 +46,8 @@ def main():
     ap.add_argument("--sets", nargs="+", default=["web", "small", "camera"])
     ap.add_argument("--bin", default=os.path.join(repo, "target", "release", "singlepoint"))
     ap.add_argument("--extra", nargs="*", default=[], help="extra flags for singlepoint classify")
+    ap.add_argument("--int8", help="an int8 version of the model, run as a third tool")
+    ap.add_argument("--out", help="the report (default bench/results/classify-DATE.md)")
     args = ap.parse_args()
     model_dir = os.path.join(repo, "models", "efficientnet-lite0")
     report = header("classify: singlepoint vs hand-written Python (PIL + onnxruntime)", "classify.py")
@@ -53,9 +59,12 @@ def main():
         files = sorted(os.path.join(folder, f) for f in os.listdir(folder))
         ours_cmd = [args.bin, "classify", folder, "--backend", "ort", "--no-fetch", "--no-cache", "--format", "jsonl", "--top-k", "1", *args.extra]
         peer_cmd = [sys.executable, os.path.join(root, "peer_classify.py"), model_dir, *files]
-        results = {"singlepoint": [], "python": []}
+        tools = [("singlepoint", ours_cmd, ours_stages), ("python", peer_cmd, peer_stages)]
+        if args.int8:
+            tools.insert(1, ("singlepoint int8", [*ours_cmd, "--model", args.int8], ours_stages))
+        results = {who: [] for who, _, _ in tools}
         for r in range(args.runs):
-            for who, cmd, stages in [("singlepoint", ours_cmd, ours_stages), ("python", peer_cmd, peer_stages)]:
+            for who, cmd, stages in tools:
                 out, err, wall, cpu_s, rss = run_measured(cmd)
                 results[who].append({"wall": wall, "cpu": cpu_s, "rss": rss, "stages": stages(err), "out": out})
                 print(f"{name} run {r} {who}: {wall:.2f} s, {len(files) / wall:.1f} img/s, cpu {cpu_s:.1f} s, rss {rss:.0f} MiB", file=sys.stderr)
@@ -71,16 +80,22 @@ def main():
         report.append(f"## {name}: {n} photos (`bench/data/{name}`)\n")
         report.append("| tool | wall s | images/s | CPU core-ms / image | decode | preprocess | inference | peak RSS MiB |")
         report.append("|---|---|---|---|---|---|---|---|")
-        for who in ["singlepoint", "python"]:
+        for who in results:
             report.append(f"| {who} | {med(who, 'wall'):.2f} | {n / med(who, 'wall'):.1f} | {1e3 * med(who, 'cpu') / n:.1f} | "
                           f"{med_stage(who, 'decode'):.1f} | {med_stage(who, 'preprocess'):.1f} | {med_stage(who, 'inference'):.1f} | {med(who, 'rss'):.0f} |")
         walls = {who: ", ".join(f"{x['wall']:.2f}" for x in results[who]) for who in results}
-        report.append(f"\n**singlepoint is {ratio:.2f}× faster** (median wall time ratio). All runs, wall s: singlepoint {walls['singlepoint']}; python {walls['python']}.")
+        report.append(f"\n**singlepoint is {ratio:.2f}× faster** (median wall time ratio). All runs, wall s: {'; '.join(f'{w} {walls[w]}' for w in walls)}.")
         report.append(f"Top-1 class agrees with the Python peer on {agree} of {n} photos.")
+        if args.int8:
+            int8_top1 = [json.loads(l)["top_k"][0]["label"] for l in results["singlepoint int8"][0]["out"].splitlines()]
+            ratio8 = med("python", "wall") / med("singlepoint int8", "wall")
+            report.append(f"\n**singlepoint int8 (`{args.int8}`) is {ratio8:.2f}× faster than python** and "
+                          f"{med('singlepoint', 'wall') / med('singlepoint int8', 'wall'):.2f}× faster than singlepoint fp32 (median wall time ratios); "
+                          f"its top-1 agrees with singlepoint fp32 on {sum(a == b for a, b in zip(ours_top1, int8_top1))} of {n} photos.")
         report.append(f"Per-stage figures are CPU core-ms per image as each tool reports them (singlepoint: worker-thread CPU time; python: thread time for decode/preprocess, process time for inference).\n")
     text = "\n".join(report) + "\n"
     print(text)
-    out = os.path.join(root, "results", f"classify-{datetime.date.today()}.md")
+    out = args.out or os.path.join(root, "results", f"classify-{datetime.date.today()}.md")
     with open(out, "w") as f:
         f.write(text)
     print(f"wrote {out}", file=sys.stderr)

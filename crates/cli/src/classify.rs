@@ -179,7 +179,28 @@ fn apply_config(args: &mut ClassifyArgs) -> anyhow::Result<()> {
     let Some(path) = &args.config else {
         return Ok(());
     };
-    let c = RunConfig::load(path).map_err(anyhow::Error::msg)?.candidate;
+    let config = RunConfig::load(path).map_err(anyhow::Error::msg)?;
+    if let Some(chosen) = config.model {
+        match &args.model {
+            None => {
+                eprintln!(
+                    "note: running `{}`, the {} version the config `{}` chose",
+                    chosen.display(),
+                    config.candidate.precision.as_str(),
+                    path.display()
+                );
+                args.model = Some(chosen);
+            }
+            Some(given) if *given != chosen => eprintln!(
+                "note: the config chose the model `{}` ({} precision); running `{}` as told",
+                chosen.display(),
+                config.candidate.precision.as_str(),
+                given.display()
+            ),
+            Some(_) => {}
+        }
+    }
+    let c = config.candidate;
     if args.backend == BackendChoice::Auto {
         args.backend = BackendChoice::Only(c.backend);
     }

@@ -174,7 +174,13 @@ fn repository(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.config {
-        let c = RunConfig::load(path).map_err(anyhow::Error::msg)?.candidate;
+        let config = RunConfig::load(path).map_err(anyhow::Error::msg)?;
+        if let Some(chosen) = config.model {
+            if args.model.is_empty() && args.model_repository.is_none() {
+                args.model.push(chosen);
+            }
+        }
+        let c = config.candidate;
         if args.backend == BackendChoice::Auto {
             args.backend = BackendChoice::Only(c.backend);
         }

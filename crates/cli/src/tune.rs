@@ -10,10 +10,12 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use singlepoint_backend::BackendKind;
+use singlepoint_model::Model;
 use singlepoint_runtime::tune::{
-    pareto_front, pareto_svg, tune, Candidate, Constraints, RunConfig, Search, Space, TuneSettings,
+    pareto_front, pareto_svg, tune, Candidate, Constraints, Precision, RunConfig, Search, Space,
+    TuneSettings, Variant,
 };
-use singlepoint_runtime::{InputEntry, Inputs};
+use singlepoint_runtime::{InputEntry, Inputs, ItemInput};
 
 use crate::cache_args::{parse_duration, parse_size, CostArgs};
 use crate::classify::load_model;
@@ -33,10 +35,18 @@ pub struct TuneArgs {
     #[arg(long)]
     pub(crate) reuse: bool,
 
-    /// With `--reuse`: the agreement floor (matched detections, same class and IoU ≥ 0.5, over
-    /// the larger answer's size, so that misses and stale boxes both count)
-    #[arg(long, default_value_t = 0.95)]
-    pub(crate) min_agreement: f64,
+    /// The agreement floor. With `--int8`: the int8 version's agreement with fp32 by the
+    /// task's measure (top-1 for classifiers), both on the sample and in its quantize report
+    /// (default 0.99). With `--reuse`: matched detections, same class and IoU ≥ 0.5, over the
+    /// larger answer's size, so that misses and stale boxes both count (default 0.95)
+    #[arg(long)]
+    pub(crate) min_agreement: Option<f64>,
+
+    /// Search precision too: the int8 version of the model (a folder `singlepoint quantize`
+    /// wrote from it); each configuration is tried with either graph, and int8 only where it
+    /// keeps `--min-agreement`
+    #[arg(long, value_name = "DIR")]
+    int8: Option<PathBuf>,
 
     /// With `--reuse`: use at most this many frames of each video (default: all)
     #[arg(long)]
@@ -111,6 +121,17 @@ pub struct TuneArgs {
     pub(crate) no_fetch: bool,
 }
 
+impl TuneArgs {
+    /// `--min-agreement`, or `default`; from 0 to 1.
+    pub(crate) fn min_agreement(&self, default: f64) -> anyhow::Result<f64> {
+        let floor = self.min_agreement.unwrap_or(default);
+        if !(0.0..=1.0).contains(&floor) {
+            anyhow::bail!("`--min-agreement` must be from 0 to 1, not {floor}");
+        }
+        Ok(floor)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SearchArg {
     Halving,
@@ -148,8 +169,10 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     }
     batch_sizes.sort_unstable();
     batch_sizes.dedup();
+    let (variants, floor) = variants(&args, &model, &sample, threads)?;
     let default = Candidate {
         backend: args.backends[0],
+        precision: Precision::Fp32,
         instances: threads,
         threads_per_instance: 1,
         batch_size: default_batch_size(args.backends[0]),
@@ -157,6 +180,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     let settings = TuneSettings {
         space: Space {
             backends: args.backends.clone(),
+            precisions: variants.iter().map(|v| v.precision).collect(),
             instances: (1..=threads).collect(),
             threads_per_instance: (1..=threads).collect(),
             batch_sizes,
@@ -174,6 +198,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
             slo_p99: args.slo_p99.map(|d| d.as_secs_f64()),
             min_throughput: args.min_throughput,
             max_rss: args.max_rss,
+            min_agreement: floor,
         },
         workload_items: args.workload_items.unwrap_or(entries.len()),
         prices,
@@ -189,7 +214,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
         settings.space.candidates().len(),
         args.budget
     );
-    let result = tune(model.clone(), &sample, &settings)?;
+    let result = tune(&variants, &sample, &settings)?;
     let mut trials: Vec<_> = result.trials.iter().collect();
     trials.sort_by(|a, b| {
         a.infeasible
@@ -199,8 +224,8 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
     });
     let front = pareto_front(&result.trials);
     println!(
-        "{:<24} {:>8} {:>8} {:>10} {:>8} {:>12} {:>5}  note",
-        "candidate", "items/s", "p99 ms", "core-ms/it", "RSS MiB", "f", "runs"
+        "{:<29} {:>8} {:>8} {:>10} {:>8} {:>12} {:>6} {:>5}  note",
+        "candidate", "items/s", "p99 ms", "core-ms/it", "RSS MiB", "f", "agree", "runs"
     );
     for t in &trials {
         let mut notes = Vec::new();
@@ -217,13 +242,14 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
             notes.push(why.clone());
         }
         println!(
-            "{:<24} {:>8.1} {:>8.1} {:>10.2} {:>8} {:>12.4e} {:>5}  {}",
+            "{:<29} {:>8.1} {:>8.1} {:>10.2} {:>8} {:>12.4e} {:>6.4} {:>5}  {}",
             t.candidate.to_string(),
             t.throughput,
             t.p99_latency * 1e3,
             t.cpu_per_item * 1e3,
             t.mean_rss >> 20,
             t.cost.f,
+            t.agreement,
             t.samples.len(),
             notes.join(", ")
         );
@@ -256,9 +282,19 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
             }
         )
     });
+    let chosen_model = match best.precision {
+        Precision::Fp32 => None,
+        Precision::Int8 => args
+            .int8
+            .as_ref()
+            .map(|dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone())),
+    };
     let config = RunConfig {
         candidate: best,
+        model: chosen_model,
         chosen_by: json!({
+            "agreement": best_trial.agreement,
+            "min_agreement": floor,
             "f": best_trial.cost.f,
             "money": best_trial.cost.money,
             "throughput": best_trial.throughput,
@@ -283,7 +319,7 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
         versus.unwrap_or_default()
     );
     eprintln!(
-        "{} trials in {:.0} s{}; wrote `{}` (use with --config) and `{}`",
+        "{} trials in {:.0} s{}; wrote `{}` (use with --config{}) and `{}`",
         result.trials.iter().map(|t| t.samples.len()).sum::<usize>(),
         result.elapsed.as_secs_f64(),
         if result.budget_spent {
@@ -292,7 +328,74 @@ pub fn run(args: TuneArgs) -> anyhow::Result<ExitCode> {
             ""
         },
         args.out.display(),
+        match &config.model {
+            Some(m) => format!("; it runs the model `{}`", m.display()),
+            None => String::new(),
+        },
         svg_path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The versions to tune: the fp32 model, and with `--int8` its int8 version with its
+/// agreement (the lesser of its quantize report's, on held-out inputs, and the sample's, by
+/// the task's measure), and the agreement floor.
+fn variants(
+    args: &TuneArgs,
+    model: &Arc<Model>,
+    sample: &[InputEntry],
+    threads: usize,
+) -> anyhow::Result<(Vec<Variant>, Option<f64>)> {
+    let fp32 = Variant {
+        precision: Precision::Fp32,
+        model: model.clone(),
+        agreement: 1.0,
+    };
+    let Some(dir) = &args.int8 else {
+        if args.min_agreement.is_some() {
+            anyhow::bail!("`--min-agreement` bounds the int8 version (`--int8 DIR`) or reuse (`--reuse`): give one of them");
+        }
+        return Ok((vec![fp32], None));
+    };
+    let floor = args.min_agreement(0.99)?;
+    let report = singlepoint_quantize::read_report(dir)?;
+    if report.base_digest != model.digest.to_string() {
+        anyhow::bail!(
+            "{} was quantised from another model (digest {}), not from `{}` ({}): give the int8 version of the model tuned",
+            dir.display(),
+            report.base_digest,
+            model.manifest.name,
+            model.digest
+        );
+    }
+    let int8 = Model::load(dir)
+        .with_context(|| format!("cannot load the int8 version `{}`", dir.display()))?;
+    if let Some(note) = singlepoint_runtime::ensure_onnxruntime(!args.no_fetch)? {
+        eprintln!("note: {note}");
+    }
+    let inputs = sample
+        .iter()
+        .map(|e| {
+            let bytes = std::fs::read(&e.path)
+                .with_context(|| format!("cannot read {}", e.path.display()))?;
+            Ok(singlepoint_quantize::Input {
+                source: e.path.display().to_string(),
+                item: ItemInput::Image(bytes.into()),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let on_sample = singlepoint_quantize::agreement(model.clone(), &int8, inputs, threads)?;
+    eprintln!(
+        "int8 version `{}`: {} agreement with fp32 {on_sample:.4} on the {} sample inputs, {:.4} on its quantize report's held-out inputs; floor {floor}",
+        dir.display(),
+        report.measure,
+        sample.len(),
+        report.agreement
+    );
+    let int8 = Variant {
+        precision: Precision::Int8,
+        model: Arc::new(int8),
+        agreement: on_sample.min(report.agreement),
+    };
+    Ok((vec![fp32, int8], Some(floor)))
 }

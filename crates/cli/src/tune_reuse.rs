@@ -38,12 +38,7 @@ struct Sample {
 }
 
 pub fn run(args: &TuneArgs) -> anyhow::Result<ExitCode> {
-    if !(0.0..=1.0).contains(&args.min_agreement) {
-        anyhow::bail!(
-            "`--min-agreement` must be from 0 to 1, not {}",
-            args.min_agreement
-        );
-    }
+    let min_agreement = args.min_agreement(0.95)?;
     let (model, spec) = crate::detect::load_detector(args.model.as_deref(), "tune --reuse")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let loaded = load_engine(
@@ -143,7 +138,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<ExitCode> {
         let diff = if p.threshold > 0.0 { c_diff } else { 0.0 };
         (p.runs as f64 * c_run) / p.frames.max(1) as f64 + c_decode + diff
     };
-    let chosen = choose(&points, args.min_agreement);
+    let chosen = choose(&points, min_agreement);
     // The detector's own frame-to-frame consistency: how well each frame's answer agrees with
     // the frame just before it, over all frames. Reusing every other frame's answer blindly
     // would agree about this much on the reused frames; the difference detector does better
@@ -188,13 +183,13 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<ExitCode> {
             .map(|s| s.path.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        args.min_agreement
+        min_agreement
     );
     std::fs::write(&svg_path, curve_svg(&points, chosen, &title))
         .with_context(|| format!("cannot write `{}`", svg_path.display()))?;
     let report = json!({
         "reuse_threshold": chosen.map(|c| c.threshold),
-        "min_agreement": args.min_agreement,
+        "min_agreement": min_agreement,
         "model": { "name": model.manifest.name, "digest": model.digest.to_hex() },
         "videos": samples.iter().map(|s| json!({"path": s.path, "frames": s.thumbs.len()})).collect::<Vec<_>>(),
         "core_ms": { "per_model_run": c_run, "decode_per_frame": c_decode, "difference_per_frame": c_diff },
@@ -222,7 +217,7 @@ pub fn run(args: &TuneArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         _ => {
-            eprintln!("no threshold reaches agreement {}", args.min_agreement);
+            eprintln!("no threshold reaches agreement {}", min_agreement);
             Ok(ExitCode::from(1))
         }
     }

@@ -440,6 +440,26 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), QuantizeError> {
     })
 }
 
+/// The agreement of `variant` (a version of `base`: the same task and preparation, another
+/// graph) with `base` on `inputs`, by the task's own measure.
+pub fn agreement(
+    base: Arc<Model>,
+    variant: &Model,
+    inputs: Vec<Input>,
+    threads: usize,
+) -> Result<f64, QuantizeError> {
+    let options = EngineOptions {
+        threads_per_session: threads,
+        spin_wait: false,
+    };
+    let measure = Measure::of(&base);
+    let runner = Runner::new(base.clone(), options, Options::default().batch);
+    let items = runner.prepare(inputs)?;
+    let exact = runner.answers(&runner.engine(base.onnx.to_vec())?, &items)?;
+    let given = runner.answers(&runner.engine(variant.onnx.to_vec())?, &items)?;
+    Ok(measure.agreement(&exact, &given))
+}
+
 /// Writes the int8 version to `dir` (created; it must not hold a model already): the base's
 /// manifest and files with the int8 graph, and the report with the written model's digest.
 pub fn write(base: &Model, outcome: &mut Outcome, dir: &Path) -> Result<(), QuantizeError> {

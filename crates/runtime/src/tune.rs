@@ -12,6 +12,11 @@
 //! measures every candidate `rounds` times; `descent` starts from the default configuration and
 //! moves one coordinate at a time while f improves by more than the measured noise margin (for
 //! spaces too large to sweep). All stop when the time budget is spent.
+//!
+//! Precision is a coordinate like the others: given the int8 version of the model (what
+//! `singlepoint quantize` writes), each configuration is tried with either graph, and an int8
+//! candidate is feasible only when its agreement with fp32 (measured by the caller, by the
+//! task's own measure) meets the agreement floor.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -27,11 +32,34 @@ use crate::cost::{price, Prices, RssSampler, RunCost, Weights};
 use crate::cputime::process_cpu_time;
 use crate::{load_engine, BackendChoice, Classifier, InputEntry, PipelineConfig, RuntimeError};
 
+/// Which version of the model's graph runs.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
 /// One point of the configuration space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Candidate {
     #[serde(with = "backend_name")]
     pub backend: BackendKind,
+    /// Configurations written before precision was a coordinate are fp32 ones.
+    #[serde(default)]
+    pub precision: Precision,
     pub instances: usize,
     pub threads_per_instance: usize,
     pub batch_size: usize,
@@ -55,16 +83,22 @@ impl std::fmt::Display for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} {}x{} batch {}",
-            self.backend, self.instances, self.threads_per_instance, self.batch_size
+            "{} {} {}x{} batch {}",
+            self.backend,
+            self.precision.as_str(),
+            self.instances,
+            self.threads_per_instance,
+            self.batch_size
         )
     }
 }
 
-/// The values each coordinate may take. Candidates use at most `max_threads` threads in all.
+/// The values each coordinate may take. Candidates use at most `max_threads` threads in all;
+/// int8 ones run on ONNX Runtime only (its integer kernels are what int8 is for).
 #[derive(Clone, Debug)]
 pub struct Space {
     pub backends: Vec<BackendKind>,
+    pub precisions: Vec<Precision>,
     pub instances: Vec<usize>,
     pub threads_per_instance: Vec<usize>,
     pub batch_sizes: Vec<usize>,
@@ -75,18 +109,24 @@ impl Space {
     pub fn candidates(&self) -> Vec<Candidate> {
         let mut out = Vec::new();
         for &backend in &self.backends {
-            for &instances in &self.instances {
-                for &threads_per_instance in &self.threads_per_instance {
-                    if instances * threads_per_instance > self.max_threads {
-                        continue;
-                    }
-                    for &batch_size in &self.batch_sizes {
-                        out.push(Candidate {
-                            backend,
-                            instances,
-                            threads_per_instance,
-                            batch_size,
-                        });
+            for &precision in &self.precisions {
+                if precision == Precision::Int8 && backend != BackendKind::Ort {
+                    continue;
+                }
+                for &instances in &self.instances {
+                    for &threads_per_instance in &self.threads_per_instance {
+                        if instances * threads_per_instance > self.max_threads {
+                            continue;
+                        }
+                        for &batch_size in &self.batch_sizes {
+                            out.push(Candidate {
+                                backend,
+                                precision,
+                                instances,
+                                threads_per_instance,
+                                batch_size,
+                            });
+                        }
                     }
                 }
             }
@@ -103,6 +143,17 @@ pub struct Constraints {
     pub min_throughput: Option<f64>,
     /// Mean RSS at most this, bytes.
     pub max_rss: Option<u64>,
+    /// Agreement with the fp32 model at least this (0 to 1).
+    pub min_agreement: Option<f64>,
+}
+
+/// One version of the model the tuner may run, with its agreement with the fp32 version
+/// (1 for the fp32 version itself).
+#[derive(Clone)]
+pub struct Variant {
+    pub precision: Precision,
+    pub model: Arc<Model>,
+    pub agreement: f64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +176,8 @@ pub struct Sample {
 #[derive(Clone, Debug, Serialize)]
 pub struct Trial {
     pub candidate: Candidate,
+    /// Its precision's agreement with fp32.
+    pub agreement: f64,
     pub samples: Vec<Sample>,
     /// Engine load and session creation: seconds and CPU-seconds.
     pub startup: (f64, f64),
@@ -200,11 +253,11 @@ pub fn p99_item_latency(batches: &[(Duration, usize)]) -> f64 {
 type LoadedWithCost = (Arc<dyn Engine>, (f64, f64));
 
 struct Tuner<'a> {
-    model: Arc<Model>,
+    variants: &'a [Variant],
     sample: &'a [InputEntry],
     settings: &'a TuneSettings,
-    /// The one engine kept loaded, by backend and threads per session.
-    engine: Option<((BackendKind, usize), LoadedWithCost)>,
+    /// The one engine kept loaded, by backend, precision and threads per session.
+    engine: Option<((BackendKind, Precision, usize), LoadedWithCost)>,
     trials: BTreeMap<Candidate, Trial>,
     started: Instant,
 }
@@ -214,9 +267,18 @@ impl Tuner<'_> {
         self.started.elapsed() >= self.settings.budget
     }
 
-    /// The engine for a backend and thread count, loading it (and dropping the last) if needed.
+    /// The version of a precision (`tune` checked that the space has only these).
+    fn variant(&self, p: Precision) -> &Variant {
+        self.variants
+            .iter()
+            .find(|v| v.precision == p)
+            .expect("tune checks each precision has a version")
+    }
+
+    /// The engine for a backend, precision and thread count, loading it (and dropping the
+    /// last) if needed.
     fn engine(&mut self, c: &Candidate) -> Result<LoadedWithCost, RuntimeError> {
-        let key = (c.backend, c.threads_per_instance);
+        let key = (c.backend, c.precision, c.threads_per_instance);
         if let Some((k, (e, cost))) = &self.engine {
             if *k == key {
                 return Ok((e.clone(), *cost));
@@ -225,8 +287,9 @@ impl Tuner<'_> {
         self.engine = None;
         let t0 = Instant::now();
         let cpu0 = process_cpu_time();
+        let model = self.variant(c.precision).model.clone();
         let loaded = load_engine(
-            &self.model,
+            &model,
             BackendChoice::Only(c.backend),
             EngineOptions {
                 threads_per_session: c.threads_per_instance,
@@ -244,8 +307,10 @@ impl Tuner<'_> {
 
     fn measure(&mut self, c: Candidate) -> Result<&Trial, RuntimeError> {
         let (engine, load) = self.engine(&c)?;
+        let variant = self.variant(c.precision);
+        let (model, agreement) = (variant.model.clone(), variant.agreement);
         let classifier = Classifier::new(
-            self.model.clone(),
+            model,
             engine,
             PipelineConfig {
                 batch_size: c.batch_size,
@@ -273,6 +338,7 @@ impl Tuner<'_> {
         let s = self.settings;
         let trial = self.trials.entry(c).or_insert_with(|| Trial {
             candidate: c,
+            agreement,
             samples: Vec::new(),
             startup: (load.0 + sessions, load.1),
             throughput: 0.0,
@@ -293,7 +359,9 @@ impl Tuner<'_> {
         let gib = trial.mean_rss as f64 / (1u64 << 30) as f64;
         trial.cost = price(t, r, gib, &s.prices, &s.weights);
         let k = &s.constraints;
-        trial.infeasible = if k.slo_p99.is_some_and(|slo| trial.p99_latency > slo) {
+        trial.infeasible = if let Some(floor) = k.min_agreement.filter(|&f| agreement < f) {
+            Some(format!("agreement {agreement:.4} under the floor {floor}"))
+        } else if k.slo_p99.is_some_and(|slo| trial.p99_latency > slo) {
             Some(format!(
                 "p99 {:.0} ms over the SLO",
                 trial.p99_latency * 1e3
@@ -325,6 +393,7 @@ impl Tuner<'_> {
         list.sort_by_key(|c| {
             (
                 c.backend.as_str(),
+                c.precision,
                 c.threads_per_instance,
                 c.instances,
                 c.batch_size,
@@ -400,7 +469,15 @@ impl Tuner<'_> {
                 out.push(Candidate { backend: b, ..c });
             }
         }
-        out.retain(|n| n.instances * n.threads_per_instance <= sp.max_threads);
+        for &p in &sp.precisions {
+            if p != c.precision {
+                out.push(Candidate { precision: p, ..c });
+            }
+        }
+        out.retain(|n| {
+            n.instances * n.threads_per_instance <= sp.max_threads
+                && (n.precision == Precision::Fp32 || n.backend == BackendKind::Ort)
+        });
         out
     }
 
@@ -436,13 +513,27 @@ impl Tuner<'_> {
 }
 
 /// Runs the search on `sample` and returns every trial with the best feasible candidate.
+/// `variants` holds the model's version for each precision in the space.
 pub fn tune(
-    model: Arc<Model>,
+    variants: &[Variant],
     sample: &[InputEntry],
     settings: &TuneSettings,
 ) -> Result<TuneResult, RuntimeError> {
+    for p in settings
+        .space
+        .precisions
+        .iter()
+        .chain([&settings.default.precision])
+    {
+        if !variants.iter().any(|v| v.precision == *p) {
+            return Err(RuntimeError::Config {
+                field: p.as_str().into(),
+                reason: "is in the search space, but no version of that precision was given".into(),
+            });
+        }
+    }
     let mut tuner = Tuner {
-        model,
+        variants,
         sample,
         settings,
         engine: None,
@@ -483,6 +574,10 @@ pub fn tune(
 pub struct RunConfig {
     #[serde(flatten)]
     pub candidate: Candidate,
+    /// The model folder of the chosen precision, where it is not the model tuned for (the
+    /// int8 version); `classify` and `serve` run it unless told another model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<std::path::PathBuf>,
     /// How it was chosen (free-form, for people).
     #[serde(default)]
     pub chosen_by: serde_json::Value,
@@ -627,10 +722,12 @@ mod tests {
         Trial {
             candidate: Candidate {
                 backend: BackendKind::Ort,
+                precision: Precision::Fp32,
                 instances: 1,
                 threads_per_instance: 1,
                 batch_size: c,
             },
+            agreement: 1.0,
             samples: vec![],
             startup: (0.0, 0.0),
             throughput: x,
@@ -677,6 +774,7 @@ mod tests {
     fn the_space_respects_the_thread_budget() {
         let space = Space {
             backends: vec![BackendKind::Ort],
+            precisions: vec![Precision::Fp32],
             instances: vec![1, 2],
             threads_per_instance: vec![1, 2],
             batch_sizes: vec![1, 4],
@@ -685,6 +783,23 @@ mod tests {
         let c = space.candidates();
         assert_eq!(c.len(), 6, "2x2 threads is over the budget");
         assert!(c.iter().all(|c| c.instances * c.threads_per_instance <= 2));
+    }
+
+    #[test]
+    fn int8_candidates_run_on_onnx_runtime_only() {
+        let space = Space {
+            backends: vec![BackendKind::Ort, BackendKind::Tract],
+            precisions: vec![Precision::Fp32, Precision::Int8],
+            instances: vec![1],
+            threads_per_instance: vec![1],
+            batch_sizes: vec![4],
+            max_threads: 1,
+        };
+        let c = space.candidates();
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert!(c
+            .iter()
+            .all(|c| c.precision == Precision::Fp32 || c.backend == BackendKind::Ort));
     }
 
     #[test]
@@ -698,6 +813,8 @@ mod tests {
         .unwrap();
         let c = RunConfig::load(&path).unwrap();
         assert_eq!(c.candidate.instances, 2);
+        // Written before precision was a coordinate: fp32, the model tuned for.
+        assert_eq!((c.candidate.precision, c.model), (Precision::Fp32, None));
         std::fs::write(
             &path,
             r#"{"backend":"ort","instances":0,"threads_per_instance":1,"batch_size":4}"#,

@@ -31,7 +31,7 @@ fn run(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn an_int8_efficientnet_is_written_with_its_report_classifies_and_is_not_quantised_twice() {
+fn an_int8_efficientnet_is_written_with_its_report_classifies_is_tuned_and_not_quantised_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let (cal, held, out) = (
         tmp.path().join("cal"),
@@ -92,6 +92,71 @@ fn an_int8_efficientnet_is_written_with_its_report_classifies_and_is_not_quantis
     assert!(!ok);
     assert!(stderr.contains("already quantised"), "{stderr}");
     assert!(!again.join("model.json").exists());
+
+    // `tune --int8`: the int8 version is chosen at a floor it keeps, fp32 at a floor of 1.
+    assert!(
+        agreement < 1.0,
+        "the premise: int8 changes some answers ({report})"
+    );
+    let config = tmp.path().join("tuned.json");
+    let tune = |floor: &str| {
+        let (ok, table, stderr) = run(&[
+            "tune",
+            &s(&held),
+            "--int8",
+            &s(&out),
+            "--min-agreement",
+            floor,
+            "--batch-sizes",
+            "8",
+            "--threads",
+            "1",
+            "--sample",
+            "16",
+            "--workload-items",
+            "100000",
+            "--budget",
+            "90s",
+            "--out",
+            &s(&config),
+        ]);
+        assert!(ok, "{table}\n{stderr}");
+        let chosen = table
+            .lines()
+            .find(|l| l.contains("chosen"))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_string();
+        let c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        (chosen, table, c)
+    };
+    let (chosen, table, c) = tune("0.5");
+    assert!(chosen.contains(" int8 "), "{table}");
+    assert_eq!(c["precision"], "int8", "{c}");
+    assert_eq!(
+        Path::new(c["model"].as_str().unwrap()),
+        std::path::absolute(&out).unwrap()
+    );
+    // classify --config runs the version the config chose.
+    let (ok, _, stderr) = run(&[
+        "classify",
+        "photos/chelsea.png",
+        "--no-cache",
+        "--config",
+        &s(&config),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(&s(&out)), "{stderr}");
+    let (chosen, table, c) = tune("1");
+    assert!(chosen.contains(" fp32 "), "{table}");
+    assert_eq!(c["precision"], "fp32", "{c}");
+    assert!(c.get("model").is_none(), "{c}");
+    assert!(
+        table
+            .lines()
+            .filter(|l| l.contains(" int8 "))
+            .all(|l| l.contains("under the floor 1")),
+        "{table}"
+    );
 }
 
 #[test]
