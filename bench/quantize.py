@@ -71,7 +71,7 @@ class Fp32Check:
     def __init__(self, held, threads):
         import numpy as np, onnxruntime as ort
         from PIL import Image
-        self.np, self.ort, self.threads = np, ort, threads
+        self.np, self.ort, self.threads, self.sessions = np, ort, threads, {}
 
         def prep(path):
             im = Image.open(path).convert("RGB")
@@ -94,9 +94,11 @@ class Fp32Check:
         self.sure = self.margin >= 0.05
 
     def run(self, onnx, x):
-        so = self.ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        sess = self.ort.InferenceSession(onnx, so)
+        if onnx not in self.sessions:
+            so = self.ort.SessionOptions()
+            so.intra_op_num_threads = self.threads
+            self.sessions[onnx] = self.ort.InferenceSession(onnx, so)
+        sess = self.sessions[onnx]
         name = sess.get_inputs()[0].name
         return self.np.concatenate([sess.run(None, {name: x[i:i + 16]})[0] for i in range(0, len(x), 16)])
 
