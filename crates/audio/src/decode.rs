@@ -23,6 +23,9 @@ use crate::AudioError;
 pub const MIN_RATE: u32 = 1_000;
 pub const MAX_RATE: u32 = 384_000;
 
+/// Samples in one MPEG-1 Layer III frame.
+const MP3_FRAME: usize = 1152;
+
 /// What one input may cost before decoding starts or while it runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AudioLimits {
@@ -204,15 +207,17 @@ pub fn decode(
     }
     if let Some(frames) = declared_frames {
         // A file that ends before the length its header declares was cut off.
-        if (mono.len() as u64) < frames && (ended_early || frames - mono.len() as u64 > 1152) {
+        // Gapless trimming may leave a declared length up to one MP3 frame off.
+        if (mono.len() as u64) < frames
+            && (ended_early || frames - mono.len() as u64 > MP3_FRAME as u64)
+        {
             return Err(AudioError::Truncated {
                 declared: frames as f64 / source_rate as f64,
                 decoded: mono.len() as f64 / source_rate as f64,
             });
         }
     } else if ended_early {
-        return Err(AudioError::Truncated {
-            declared: f64::NAN,
+        return Err(AudioError::TruncatedStream {
             decoded: mono.len() as f64 / source_rate as f64,
         });
     }

@@ -32,6 +32,8 @@ pub enum AudioError {
     Malformed(String),
     #[error("truncated: the header declares {declared:.2} s, the file ends after {decoded:.2} s")]
     Truncated { declared: f64, decoded: f64 },
+    #[error("truncated: the stream breaks off after {decoded:.2} s")]
+    TruncatedStream { decoded: f64 },
     #[error("the audio has no samples (zero length)")]
     NoSamples,
     #[error("{bytes} bytes is over the limit of {limit} bytes")]
