@@ -14,7 +14,7 @@ pub use vad::{Segment, VadSettings};
 
 /// Why an input is not audio the speech tasks can use. Each names what was wrong; the caller
 /// names the input.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub enum AudioError {
     #[error("the file is empty")]
     Empty,

@@ -208,7 +208,8 @@ pub fn check_inputs(specs: &[TensorSpec], inputs: &[AnyTensor]) -> Result<(), Ba
         let shape = input.shape();
         let fits = shape.len() == spec.shape.len()
             && shape.iter().zip(&spec.shape).all(|(&n, d)| d.admits(n))
-            && shape.first().is_some_and(|&b| b > 0);
+            // A scalar input (a sample rate) has no batch axis.
+            && (spec.shape.is_empty() || shape.first().is_some_and(|&b| b > 0));
         if !fits {
             return Err(BackendError::InputShape {
                 name: spec.name.clone(),

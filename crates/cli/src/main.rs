@@ -12,6 +12,7 @@ mod init;
 mod output;
 mod quantize;
 mod serve;
+mod transcribe;
 mod tune;
 mod tune_reuse;
 
@@ -46,6 +47,9 @@ enum Command {
     /// Embed texts, one a line of each file or stdin (the bundled all-MiniLM-L6-v2, 384
     /// dimensions, by default): jsonl, csv or npy
     Embed(embed::EmbedArgs),
+    /// Transcribe speech (the bundled Whisper tiny.en, English; Silero VAD finds the speech
+    /// and cuts long recordings into 30-s windows): text, json, srt or vtt
+    Transcribe(transcribe::TranscribeArgs),
     /// Serve models over HTTP: Open Inference Protocol v2 (KServe/Triton REST) and
     /// POST /v1/models/{name}/classify for images; GET /openapi.json lists every endpoint
     Serve(serve::ServeArgs),
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Classify(args) => classify::run(args),
         Command::Detect(args) => detect::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::Transcribe(args) => transcribe::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Tune(args) => tune::run(args),
         Command::Init(args) => init::run(args),

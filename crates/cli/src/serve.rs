@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use singlepoint_audio::AudioLimits;
 use singlepoint_backend::EngineOptions;
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{load_engine, BackendChoice, LengthGrouping};
 use singlepoint_server::{BatchConfig, Loader, ModelControl, Repository, ServeConfig, Server};
+use singlepoint_speech::SpeechOptions;
 
 use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs, CostArgs};
 
@@ -90,6 +92,10 @@ pub struct ServeArgs {
     /// Largest request body; larger ones get 413
     #[arg(long, default_value = "32MiB", value_parser = parse_size, value_name = "SIZE")]
     max_body: u64,
+
+    /// Longest audio the speech endpoints accept, in seconds (their byte limit is --max-body)
+    #[arg(long, default_value_t = 3.0 * 3600.0, value_name = "SECONDS")]
+    max_audio_seconds: f64,
 
     /// A request's headers must arrive within this; idle keep-alive connections close after it
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "TIME")]
@@ -242,8 +248,19 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
         shutdown_timeout: args.shutdown_timeout,
         prices,
         weights,
+        speech: SpeechOptions {
+            limits: AudioLimits {
+                max_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+                max_seconds: args.max_audio_seconds,
+            },
+            ..SpeechOptions::default()
+        },
     };
     config.validate(&models)?;
+    config
+        .speech
+        .validate()
+        .map_err(|e| anyhow::anyhow!("the speech settings: {e}"))?;
     let options = EngineOptions {
         threads_per_session: threads_per_instance,
         ..EngineOptions::default()

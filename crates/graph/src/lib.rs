@@ -6,6 +6,7 @@
 //! A model is decoded whole ([`decode`]) and refused when its encoding would not survive the
 //! round trip, so an edit never drops what the file held.
 
+pub mod decoder;
 pub mod pb;
 pub mod quant;
 

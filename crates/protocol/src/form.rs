@@ -35,23 +35,57 @@ pub fn is_form(content_type: &str) -> bool {
         .starts_with("multipart/form-data")
 }
 
-/// Parses a whole `multipart/form-data` body into its parts, in order.
-pub fn parse(content_type: &str, body: Bytes) -> Result<Vec<FormFile>, FormError> {
+/// One part of a form with its field name and file name as sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormField {
+    pub name: Option<String>,
+    pub file_name: Option<String>,
+    pub bytes: Bytes,
+}
+
+impl FormField {
+    /// The part's bytes as text (a form's plain fields), or `None` when they are not UTF-8.
+    pub fn text(&self) -> Option<&str> {
+        std::str::from_utf8(&self.bytes).ok()
+    }
+}
+
+/// Parses a whole `multipart/form-data` body into its parts with their field names, in order
+/// (an empty form is not an error here).
+pub fn parse_fields(content_type: &str, body: Bytes) -> Result<Vec<FormField>, FormError> {
     let boundary =
         multer::parse_boundary(content_type).map_err(|e| FormError::Boundary(e.to_string()))?;
     let stream = futures_util::stream::once(std::future::ready(Ok::<Bytes, Infallible>(body)));
     let mut form = multer::Multipart::new(stream, boundary);
-    let mut files = Vec::new();
+    let mut fields = Vec::new();
     loop {
         let field = complete(form.next_field()).map_err(|e| FormError::Malformed(e.to_string()))?;
         let Some(field) = field else { break };
-        let name = field
-            .file_name()
-            .or(field.name())
-            .map_or_else(|| format!("file {}", files.len()), str::to_string);
+        let name = field.name().map(str::to_string);
+        let file_name = field.file_name().map(str::to_string);
         let bytes = complete(field.bytes()).map_err(|e| FormError::Malformed(e.to_string()))?;
-        files.push(FormFile { name, bytes });
+        fields.push(FormField {
+            name,
+            file_name,
+            bytes,
+        });
     }
+    Ok(fields)
+}
+
+/// Parses a whole `multipart/form-data` body into its parts, in order.
+pub fn parse(content_type: &str, body: Bytes) -> Result<Vec<FormFile>, FormError> {
+    let files: Vec<FormFile> = parse_fields(content_type, body)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| FormFile {
+            name: f
+                .file_name
+                .or(f.name)
+                .unwrap_or_else(|| format!("file {i}")),
+            bytes: f.bytes,
+        })
+        .collect();
     if files.is_empty() {
         return Err(FormError::Empty);
     }

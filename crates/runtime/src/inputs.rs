@@ -50,6 +50,45 @@ impl InputEntry {
 /// ([`Inputs::with_videos`]); such files are decoded into frames ([`crate::video`]).
 pub const VIDEO_EXTENSIONS: &[&str] = &["mp4", "avi", "mkv", "webm", "mov", "m4v"];
 
+/// Audio file extensions a folder walk picks up for a speech run ([`Inputs::audio`]).
+pub const AUDIO_EXTENSIONS: &[&str] = &["wav", "flac", "mp3", "ogg", "oga"];
+
+/// What a folder walk picks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Media {
+    Images,
+    ImagesAndVideos,
+    Audio,
+}
+
+impl Media {
+    fn accepts(self, path: &Path) -> bool {
+        match self {
+            Media::Images => has_image_extension(path),
+            Media::ImagesAndVideos => has_image_extension(path) || has_video_extension(path),
+            Media::Audio => has_extension(path, AUDIO_EXTENSIONS),
+        }
+    }
+
+    fn none_found(self) -> String {
+        match self {
+            Media::Images => format!(
+                "folder holds no images (looked for .{})",
+                IMAGE_EXTENSIONS.join(", .")
+            ),
+            Media::ImagesAndVideos => format!(
+                "folder holds no images or videos (looked for .{}, .{})",
+                IMAGE_EXTENSIONS.join(", ."),
+                VIDEO_EXTENSIONS.join(", .")
+            ),
+            Media::Audio => format!(
+                "folder holds no audio files (looked for .{})",
+                AUDIO_EXTENSIONS.join(", .")
+            ),
+        }
+    }
+}
+
 fn has_extension(path: &Path, extensions: &[&str]) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -79,7 +118,7 @@ pub struct Inputs {
     args: VecDeque<String>,
     stdin: Option<Box<dyn BufRead + Send>>,
     current: Option<Box<dyn Iterator<Item = InputEntry> + Send>>,
-    videos: bool,
+    media: Media,
 }
 
 impl Inputs {
@@ -89,13 +128,19 @@ impl Inputs {
             args: args.into(),
             stdin,
             current: None,
-            videos: false,
+            media: Media::Images,
         }
     }
 
     /// Folder walks pick up video files too (for a run that decodes them into frames).
     pub fn with_videos(mut self) -> Inputs {
-        self.videos = true;
+        self.media = Media::ImagesAndVideos;
+        self
+    }
+
+    /// Folder walks pick up audio files instead of images (for a speech run).
+    pub fn audio(mut self) -> Inputs {
+        self.media = Media::Audio;
         self
     }
 
@@ -111,7 +156,7 @@ impl Inputs {
         }
         let path = PathBuf::from(&arg);
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => Box::new(walk_folder(path, self.videos)),
+            Ok(meta) if meta.is_dir() => Box::new(walk_folder(path, self.media)),
             Ok(_) => Box::new(std::iter::once(InputEntry::ok(path))),
             Err(_) if looks_like_glob(&arg) => Box::new(expand_glob(arg)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Box::new(std::iter::once(
@@ -152,7 +197,7 @@ fn stdin_lines(reader: Box<dyn BufRead + Send>) -> impl Iterator<Item = InputEnt
     })
 }
 
-fn walk_folder(root: PathBuf, videos: bool) -> impl Iterator<Item = InputEntry> + Send {
+fn walk_folder(root: PathBuf, media: Media) -> impl Iterator<Item = InputEntry> + Send {
     let walker = walkdir::WalkDir::new(&root)
         .follow_links(true)
         .sort_by_file_name()
@@ -161,10 +206,7 @@ fn walk_folder(root: PathBuf, videos: bool) -> impl Iterator<Item = InputEntry> 
     let mut found_any = false;
     let mut done = false;
     let mut entries = walker.filter_map(move |entry| match entry {
-        Ok(e)
-            if e.file_type().is_file()
-                && (has_image_extension(e.path()) || videos && has_video_extension(e.path())) =>
-        {
+        Ok(e) if e.file_type().is_file() && media.accepts(e.path()) => {
             Some(InputEntry::ok(e.into_path()))
         }
         Ok(_) => None,
@@ -194,23 +236,7 @@ fn walk_folder(root: PathBuf, videos: bool) -> impl Iterator<Item = InputEntry> 
             }
             None => {
                 done = true;
-                (!found_any).then(|| {
-                    InputEntry::failed(
-                        root.clone(),
-                        if videos {
-                            format!(
-                                "folder holds no images or videos (looked for .{}, .{})",
-                                IMAGE_EXTENSIONS.join(", ."),
-                                VIDEO_EXTENSIONS.join(", .")
-                            )
-                        } else {
-                            format!(
-                                "folder holds no images (looked for .{})",
-                                IMAGE_EXTENSIONS.join(", .")
-                            )
-                        },
-                    )
-                })
+                (!found_any).then(|| InputEntry::failed(root.clone(), media.none_found()))
             }
         }
     })

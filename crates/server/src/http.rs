@@ -120,6 +120,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::routing::delete(crate::streams::forget),
         )
         .route("/v1/embeddings", post(crate::text::openai_embeddings))
+        .route(
+            "/v1/audio/transcriptions",
+            post(crate::speech::transcriptions),
+        )
+        .route("/v1/audio/vad", post(crate::speech::vad))
         .route("/embed", post(crate::text::tei_embed))
         .route("/v1/cost", get(cost))
         .route(

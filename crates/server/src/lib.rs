@@ -14,6 +14,7 @@
 pub mod feedback;
 pub mod http;
 pub mod metrics;
+pub mod speech;
 pub mod streams;
 pub mod text;
 
@@ -64,6 +65,8 @@ pub struct ServeConfig {
     pub shutdown_timeout: Duration,
     pub prices: Prices,
     pub weights: Weights,
+    /// The speech endpoints' models: threads, batching, audio limits, VAD settings.
+    pub speech: singlepoint_speech::SpeechOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +379,8 @@ pub struct AppState {
     pub streams: streams::Streams,
     /// The inputs of recent classifier answers, for corrections that name an answer's key.
     pub recent: feedback::Recent,
+    /// The speech models behind `/v1/audio/*`, loaded on the first speech request.
+    pub speech: speech::SpeechSlot,
 }
 
 /// Models loaded and their threads running, ready to accept connections.
@@ -427,6 +432,7 @@ impl Server {
                 rss: RssSampler::start(Duration::from_secs(1)),
                 streams: streams::Streams::default(),
                 recent: feedback::Recent::default(),
+                speech: speech::SpeechSlot::default(),
             }),
         })
     }

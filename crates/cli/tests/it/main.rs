@@ -13,6 +13,7 @@ mod quantize;
 mod redis;
 mod serve;
 mod text;
+mod transcribe;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

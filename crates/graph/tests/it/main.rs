@@ -264,3 +264,54 @@ mod quant {
         assert_eq!(Range { min: 0.0, max: 0.0 }.affine().scale, 1.0);
     }
 }
+
+mod decoder {
+    use singlepoint_graph::decoder::{explicit_positions, POSITIONS, SELF_BIAS};
+    use singlepoint_graph::{decode, encode, GraphError};
+
+    fn whisper_decoder() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/whisper-tiny-en/decoder_kv.onnx"
+        );
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn the_whisper_decoder_takes_positions_and_a_bias_instead_of_its_own() {
+        let bytes = whisper_decoder();
+        let model = decode(&bytes).unwrap();
+        assert!(
+            encode(&model) == bytes,
+            "the decoder re-encodes byte for byte"
+        );
+        let edited = explicit_positions(&model).unwrap();
+        let g = edited.graph.as_ref().unwrap();
+        let inputs: Vec<&str> = g.input.iter().filter_map(|i| i.name.as_deref()).collect();
+        assert!(inputs.ends_with(&[POSITIONS, SELF_BIAS]), "{inputs:?}");
+        assert_eq!(inputs.len(), 1 + 8 + 8 + 2);
+        // The mask and the slice by the past length are gone, with what only they needed.
+        for op in ["Where", "Range", "Greater", "ConstantOfShape"] {
+            assert!(
+                !g.node.iter().any(|n| n.op_type.as_deref() == Some(op)),
+                "a `{op}` is left"
+            );
+        }
+        let softmax_adds = g
+            .node
+            .iter()
+            .filter(|n| {
+                n.op_type.as_deref() == Some("Add") && n.input.iter().any(|i| i == SELF_BIAS)
+            })
+            .count();
+        assert_eq!(softmax_adds, 4, "one biased self-attention per layer");
+        // Twice is refused, as is a graph without a cached decoder's pattern.
+        assert!(matches!(
+            explicit_positions(&edited),
+            Err(GraphError::Unsupported(_))
+        ));
+        let yolo = decode(super::YOLO).unwrap();
+        let e = explicit_positions(&yolo).unwrap_err().to_string();
+        assert!(e.contains("position table"), "{e}");
+    }
+}
