@@ -55,7 +55,7 @@ pub struct TranscribeArgs {
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
 
-    /// Intra-op threads of each of the two sessions (encoder, decoder)
+    /// Intra-op threads of each session (an encoder per core, one decoder)
     #[arg(long, default_value_t = 1)]
     threads: usize,
 

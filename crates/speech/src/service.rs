@@ -23,7 +23,7 @@ use crate::{bundled, SpeechError};
 /// How the speech models run and what they accept; validated once ([`SpeechOptions::validate`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SpeechOptions {
-    /// Intra-op threads of each session (the encoder's and the decoder's run at once).
+    /// Intra-op threads of each session (the encoders' and the decoder's run at once).
     pub threads: usize,
     pub batch: BatchOptions,
     pub limits: AudioLimits,
@@ -49,7 +49,10 @@ impl SpeechOptions {
                 self.threads
             ));
         }
-        if self.batch.max_encode_batch == 0 || self.batch.max_decode_batch == 0 {
+        if self.batch.max_encode_batch == 0
+            || self.batch.max_decode_batch == 0
+            || self.batch.encoders == 0
+        {
             return Err("batch sizes must be at least 1".into());
         }
         if self.limits.max_bytes == 0

@@ -173,6 +173,10 @@ impl WhisperModel {
 pub struct BatchOptions {
     /// Log-mels encoded in one run at most.
     pub max_encode_batch: usize,
+    /// Encoder threads, each with its own sessions, taking log-mels from one queue (one per
+    /// core by default: while requests wait to be encoded, every core encodes, and the
+    /// decoder thread's steps interleave).
+    pub encoders: usize,
     /// Rows of the running decode batch at most.
     pub max_decode_batch: usize,
 }
@@ -181,6 +185,7 @@ impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
             max_encode_batch: 4,
+            encoders: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_decode_batch: 16,
         }
     }
@@ -278,24 +283,23 @@ impl Transcriber {
         let counters = Arc::new(Counters::default());
         let (jobs, encode_rx) = crossbeam_channel::unbounded::<EncodeJob>();
         let (decode_tx, decode_rx) = crossbeam_channel::unbounded::<DecodeJob>();
-        let encoder = model.encoder.session()?;
-        let cross = model.cross.session()?;
         let decoder = model.decoder.session()?;
         let mut threads = Vec::new();
-        {
-            let counters = counters.clone();
+        for i in 0..options.encoders.max(1) {
+            let encoder = model.encoder.session()?;
+            let cross = model.cross.session()?;
+            let (counters, encode_rx, decode_tx) =
+                (counters.clone(), encode_rx.clone(), decode_tx.clone());
             threads.push(
                 std::thread::Builder::new()
-                    .name("whisper-encoder".into())
-                    .spawn({
-                        let decode_tx = decode_tx.clone();
-                        move || {
-                            encode_loop(encoder, cross, &encode_rx, &decode_tx, options, &counters)
-                        }
+                    .name(format!("whisper-encoder-{i}"))
+                    .spawn(move || {
+                        encode_loop(encoder, cross, &encode_rx, &decode_tx, options, &counters)
                     })
                     .map_err(|e| model_error(format!("cannot start a thread: {e}")))?,
             );
         }
+        drop(encode_rx);
         {
             let (model, counters) = (model.clone(), counters.clone());
             threads.push(

@@ -13,7 +13,6 @@ mod quantize;
 mod redis;
 mod serve;
 mod text;
-mod transcribe;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

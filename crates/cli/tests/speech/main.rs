@@ -1,8 +1,35 @@
 //! `singlepoint transcribe` as a user runs it: transcripts equal to the reference, input order
 //! kept with files in flight at once, every format, bad files named while the others go on,
 //! the second run answered from the cache.
+//!
+//! A test binary of its own (cargo runs test binaries one after another): Whisper keeps every
+//! core busy, which would skew the timing-sensitive serve and tune tests of `tests/it`.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn singlepoint(args: &[&str], stdin: Option<&str>) -> Output {
+    let cache = tempfile::tempdir().unwrap();
+    singlepoint_with_cache(args, stdin, cache.path())
+}
+
+fn singlepoint_with_cache(args: &[&str], _stdin: Option<&str>, cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_singlepoint"))
+        .args(args)
+        .current_dir(repo())
+        .env("SINGLEPOINT_CACHE_DIR", cache)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 fn reference(name: &str) -> String {
     let json: serde_json::Value = serde_json::from_slice(
