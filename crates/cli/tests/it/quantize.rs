@@ -129,23 +129,36 @@ fn an_int8_efficientnet_is_written_with_its_report_classifies_is_tuned_and_not_q
         let c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
         (chosen, table, c)
     };
+    // At 0.5 the int8 version is feasible; whether it is chosen is the cost model's call on
+    // this machine's measured speeds (speed is never asserted here), so the config is checked
+    // for whichever won.
     let (chosen, table, c) = tune("0.5");
-    assert!(chosen.contains(" int8 "), "{table}");
-    assert_eq!(c["precision"], "int8", "{c}");
-    assert_eq!(
-        Path::new(c["model"].as_str().unwrap()),
-        std::path::absolute(&out).unwrap()
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" int8 ") && !l.contains("under the floor")),
+        "{table}"
     );
-    // classify --config runs the version the config chose.
-    let (ok, _, stderr) = run(&[
-        "classify",
-        "photos/chelsea.png",
-        "--no-cache",
-        "--config",
-        &s(&config),
-    ]);
-    assert!(ok, "{stderr}");
-    assert!(stderr.contains(&s(&out)), "{stderr}");
+    if chosen.contains(" int8 ") {
+        assert_eq!(c["precision"], "int8", "{c}");
+        assert_eq!(
+            Path::new(c["model"].as_str().unwrap()),
+            std::path::absolute(&out).unwrap()
+        );
+        // classify --config runs the version the config chose.
+        let (ok, _, stderr) = run(&[
+            "classify",
+            "photos/chelsea.png",
+            "--no-cache",
+            "--config",
+            &s(&config),
+        ]);
+        assert!(ok, "{stderr}");
+        assert!(stderr.contains(&s(&out)), "{stderr}");
+    } else {
+        assert!(chosen.contains(" fp32 "), "{table}");
+        assert_eq!(c["precision"], "fp32", "{c}");
+    }
     let (chosen, table, c) = tune("1");
     assert!(chosen.contains(" fp32 "), "{table}");
     assert_eq!(c["precision"], "fp32", "{c}");
