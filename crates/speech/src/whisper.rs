@@ -1,9 +1,10 @@
 //! Whisper-style encoder–decoder models: the encoder batched across requests, greedy decoding
 //! with the self-attention cache, and continuous batching of decoding steps.
 //!
-//! Two threads hold the sessions. The encoder thread takes every log-mel waiting (up to the
-//! batch cap), runs the encoder and the cross-attention K/V graph once on them, and hands each
-//! request's cross K/V to the decoder thread. The decoder thread keeps one running batch:
+//! Threads hold the sessions. Each encoder thread (one per core, `BatchOptions::encoders`)
+//! takes every log-mel waiting on the shared queue (up to the batch cap), runs the encoder
+//! and the cross-attention K/V graph once on them, and hands each request's cross K/V to the
+//! decoder thread. The decoder thread keeps one running batch:
 //! between two steps it lets waiting requests join (their 2-token prompt is run as one batch
 //! of its own, then each row is left-padded to the running batch's past length), runs one
 //! step for every row, and lets finished rows leave. Rows at different lengths share a step
