@@ -13,7 +13,11 @@ tests/data/speech (65 s of audio).
    with `num_workers` 8 (CTranslate2's parallel replicas) and each of its thread layouts
    within the budget (cpu_threads 1 x 2 replicas busy, cpu_threads 2), the best one reported.
 3. Transcripts: every clip's text from both, compared; the real-time factor of each (seconds
-   of compute per second of audio).
+   of compute per second of audio). Where they differ, a third column tells the front end from
+   the model: CTranslate2's `Whisper.generate` (the engine under faster-whisper, same model.bin)
+   fed the log-mel of the Whisper recipe (numpy, the shipped mel filter bank) with the same
+   greedy settings; if its text is singlepoint's, the difference is faster-whisper's feature
+   extractor, not the decoding.
 
 Usage: python3 bench/transcribe.py [--rounds 3] [--out FILE]
 Needs: cargo build --release; pip install faster-whisper==1.2.1 openai; the wheel
@@ -142,6 +146,30 @@ finally:
     server.terminate()
     server.wait(timeout=60)
 
+# CTranslate2 on the Whisper-recipe log-mel (openai-whisper's log_mel_spectrogram: pad to 30 s,
+# reflect-centred periodic-Hann STFT, n_fft 400, hop 160, drop the last frame, clamp at max - 8).
+import ctranslate2, numpy as np, tokenizers, wave as _wave
+MEL = np.load(os.path.join(root, "models", "whisper-tiny-en", "mel_filters_80x201.npy"))
+def recipe_mel(path):
+    with _wave.open(path) as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+    a = np.zeros(480000, np.float32); a[:min(len(audio), 480000)] = audio[:480000]
+    a = np.pad(a, 200, mode="reflect")
+    win = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)).astype(np.float32)
+    n = 1 + (len(a) - 400) // 160
+    frames = np.lib.stride_tricks.as_strided(a, (n, 400), (a.strides[0] * 160, a.strides[0]))
+    mel = MEL @ (np.abs(np.fft.rfft(frames * win, axis=1)) ** 2)[:-1].T
+    lm = np.log10(np.maximum(mel, 1e-10)); lm = np.maximum(lm, lm.max() - 8.0)
+    return ((lm + 4.0) / 4.0).astype(np.float32)[None]
+ct2 = ctranslate2.models.Whisper(model_dir, device="cpu", compute_type="float32")
+ct2_tok = tokenizers.Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+def ct2_text(path):
+    features = ctranslate2.StorageView.from_array(np.ascontiguousarray(recipe_mel(path)))
+    # <|startoftranscript|> <|notimestamps|> of the English-only vocabulary.
+    r = ct2.generate(features, [[50257, 50362]], beam_size=1, suppress_blank=True,
+                     suppress_tokens=[-1], max_length=224)
+    return ct2_tok.decode(r[0].sequences_ids[0]).strip()
+
 same = [c for c in clips if sp_texts[c] == fw_texts[c]]
 differ = [c for c in clips if sp_texts[c] != fw_texts[c]]
 total = audio_s * args.rounds
@@ -165,7 +193,8 @@ lines += [
     f"| CPU-seconds per audio second at 8 concurrent | {sp_cpu / total:.4f} | {fw_cpu / total:.4f} | {sp_cpu / max(fw_cpu, 1e-9):.2f} |",
     "",
     f"Transcripts identical on {len(same)}/{len(clips)} clips."
-    + (" Different: " + "; ".join(f"`{os.path.basename(c)}`: singlepoint {sp_texts[c]!r}, faster-whisper {fw_texts[c]!r}" for c in differ) if differ else ""),
+    + (" Different: " + "; ".join(f"`{os.path.basename(c)}`: singlepoint {sp_texts[c]!r}, faster-whisper {fw_texts[c]!r}, "
+                                  f"CTranslate2 on the recipe log-mel {ct2_text(c)!r}" for c in differ) if differ else ""),
     "(singlepoint gates on the VAD: the telephone-noise clip, with no speech, gets no text; faster-whisper without its VAD filter transcribes it.)",
     "",
     "CPU-seconds: the server process's for singlepoint (HTTP included), this process's for faster-whisper.",
