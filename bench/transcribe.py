@@ -178,7 +178,8 @@ lines = header("Speech: singlepoint serve vs faster-whisper (Whisper tiny.en, sa
 lines += [
     f"- versions: faster-whisper {version('faster-whisper')}, ctranslate2 {version('ctranslate2')}; singlepoint `{binary}`",
     f"- clips: {len(clips)} from tests/data/speech, {audio_s:.1f} s of audio, {args.rounds} rounds",
-    f"- thread budget: {cores} cores; singlepoint: encoder and decoder sessions 1 thread each, concurrently; "
+    f"- thread budget: {cores} cores; singlepoint: its defaults (one encoder thread, "
+    f"its sessions {cores} threads, the decoder 1, concurrently); "
     f"faster-whisper latency: cpu_threads {cores}; throughput: num_workers 8, best of cpu_threads {sorted({1, cores})}"
     f" (best: {fw_threads})",
     "",

@@ -15,6 +15,7 @@ use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::tune::RunConfig;
 use singlepoint_runtime::{load_engine, BackendChoice, LengthGrouping};
 use singlepoint_server::{BatchConfig, Loader, ModelControl, Repository, ServeConfig, Server};
+use singlepoint_speech::whisper::{BatchOptions, Threads};
 use singlepoint_speech::SpeechOptions;
 
 use crate::cache_args::{parse_delay, parse_duration, parse_size, CacheArgs, CostArgs};
@@ -96,6 +97,18 @@ pub struct ServeArgs {
     /// Longest audio the speech endpoints accept, in seconds (their byte limit is --max-body)
     #[arg(long, default_value_t = 3.0 * 3600.0, value_name = "SECONDS")]
     max_audio_seconds: f64,
+
+    /// Whisper encoder threads of the speech endpoints, each with its own sessions
+    #[arg(long, default_value_t = BatchOptions::default().encoders)]
+    speech_encoders: usize,
+
+    /// Intra-op threads of each Whisper encoder thread's sessions
+    #[arg(long, default_value_t = Threads::default().encoder)]
+    speech_encoder_threads: usize,
+
+    /// Intra-op threads of the Whisper decoder's session
+    #[arg(long, default_value_t = Threads::default().decoder)]
+    speech_decoder_threads: usize,
 
     /// A request's headers must arrive within this; idle keep-alive connections close after it
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "TIME")]
@@ -252,6 +265,14 @@ pub fn run(mut args: ServeArgs) -> anyhow::Result<ExitCode> {
             limits: AudioLimits {
                 max_bytes: usize::try_from(args.max_body).unwrap_or(usize::MAX),
                 max_seconds: args.max_audio_seconds,
+            },
+            threads: Threads {
+                encoder: args.speech_encoder_threads,
+                decoder: args.speech_decoder_threads,
+            },
+            batch: BatchOptions {
+                encoders: args.speech_encoders,
+                ..BatchOptions::default()
             },
             ..SpeechOptions::default()
         },

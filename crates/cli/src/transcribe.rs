@@ -18,7 +18,7 @@ use singlepoint_audio::AudioLimits;
 use singlepoint_runtime::cputime::process_cpu_time;
 use singlepoint_runtime::Inputs;
 use singlepoint_speech::service::Source;
-use singlepoint_speech::whisper::BatchOptions;
+use singlepoint_speech::whisper::{BatchOptions, Threads};
 use singlepoint_speech::{format, Speech, SpeechOptions, Transcript};
 
 use crate::cache_args::{parse_size, CacheArgs};
@@ -55,9 +55,17 @@ pub struct TranscribeArgs {
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
 
-    /// Intra-op threads of each session (an encoder per core, one decoder)
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Encoder threads, each with its own sessions, taking windows from one queue
+    #[arg(long, default_value_t = BatchOptions::default().encoders)]
+    encoders: usize,
+
+    /// Intra-op threads of each encoder thread's sessions
+    #[arg(long, default_value_t = Threads::default().encoder)]
+    encoder_threads: usize,
+
+    /// Intra-op threads of the decoder's session
+    #[arg(long, default_value_t = Threads::default().decoder)]
+    decoder_threads: usize,
 
     /// Most rows of the running decode batch
     #[arg(long, default_value_t = BatchOptions::default().max_decode_batch)]
@@ -100,9 +108,13 @@ fn extension(path: &Path) -> Option<String> {
 
 pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     let mut options = SpeechOptions {
-        threads: args.threads,
+        threads: Threads {
+            encoder: args.encoder_threads,
+            decoder: args.decoder_threads,
+        },
         ..SpeechOptions::default()
     };
+    options.batch.encoders = args.encoders;
     options.batch.max_decode_batch = args.max_decode_batch;
     options.limits = AudioLimits {
         max_bytes: usize::try_from(args.max_bytes).unwrap_or(usize::MAX),

@@ -17,14 +17,16 @@ use singlepoint_cache::{CacheKey, ResultCache};
 use singlepoint_core::ModelDigest;
 
 use crate::vad::SileroVad;
-use crate::whisper::{BatchOptions, RunStats, Transcriber, WhisperFiles, WhisperModel, MAX_NEW};
+use crate::whisper::{
+    BatchOptions, RunStats, Threads, Transcriber, WhisperFiles, WhisperModel, MAX_NEW,
+};
 use crate::{bundled, SpeechError};
 
 /// How the speech models run and what they accept; validated once ([`SpeechOptions::validate`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SpeechOptions {
-    /// Intra-op threads of each session (the encoders' and the decoder's run at once).
-    pub threads: usize,
+    /// Intra-op threads of the sessions (the encoders' and the decoder's run at once).
+    pub threads: Threads,
     pub batch: BatchOptions,
     pub limits: AudioLimits,
     pub vad: VadSettings,
@@ -33,7 +35,7 @@ pub struct SpeechOptions {
 impl Default for SpeechOptions {
     fn default() -> Self {
         SpeechOptions {
-            threads: 1,
+            threads: Threads::default(),
             batch: BatchOptions::default(),
             limits: AudioLimits::default(),
             vad: VadSettings::default(),
@@ -43,11 +45,13 @@ impl Default for SpeechOptions {
 
 impl SpeechOptions {
     pub fn validate(&self) -> Result<(), String> {
-        if self.threads == 0 || self.threads > 256 {
-            return Err(format!(
-                "{} threads per session is not 1 to 256",
-                self.threads
-            ));
+        for (what, n) in [
+            ("encoder", self.threads.encoder),
+            ("decoder", self.threads.decoder),
+        ] {
+            if n == 0 || n > 256 {
+                return Err(format!("{n} threads per {what} session is not 1 to 256"));
+            }
         }
         if self.batch.max_encode_batch == 0
             || self.batch.max_decode_batch == 0

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use singlepoint_speech::vad::SileroVad;
-use singlepoint_speech::whisper::{BatchOptions, Transcriber, WhisperModel};
+use singlepoint_speech::whisper::{BatchOptions, Threads, Transcriber, WhisperModel};
 use singlepoint_speech::{bundled, service::Source, Speech, SpeechOptions};
 
 /// ONNX Runtime's library, fetched once if this machine has none (as `transcribe` does).
@@ -149,7 +149,7 @@ fn transcripts_equal_the_reference_on_every_clip_concurrently() {
 #[test]
 fn a_request_joins_a_running_decode_batch_and_both_match() {
     ort();
-    let model = Arc::new(WhisperModel::load(&bundled::whisper(), 1).unwrap());
+    let model = Arc::new(WhisperModel::load(&bundled::whisper(), Threads::default()).unwrap());
     let filters = singlepoint_audio::MelFilters::from_f32le(bundled::MEL_FILTERS, 80).unwrap();
     let transcriber = Transcriber::start(model.clone(), BatchOptions::default()).unwrap();
     let expected = json("expected_transcripts.json");
