@@ -202,5 +202,14 @@ fn report(o: &Outcome, dir: &std::path::Path) {
         t.int8_per_s,
         t.ratio
     );
+    if t.ratio < 1.0 {
+        eprintln!(
+            "warning: the int8 version ran at {:.2}× the float model's throughput here (batch {}, {} thread{}): it is smaller but slower on this machine; `tune --int8` measures both and keeps float where it is cheaper",
+            t.ratio,
+            t.batch,
+            t.threads,
+            if t.threads == 1 { "" } else { "s" },
+        );
+    }
     println!("  digest {}", r.digest);
 }

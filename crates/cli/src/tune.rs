@@ -31,8 +31,13 @@ pub struct TuneArgs {
     /// Tune reuse across frames instead: run the detector (`--model`, default the bundled
     /// YOLOv3-tiny) on every frame of the videos given, replay the difference detector at each
     /// threshold, and choose the one with the fewest model runs whose answers agree with the
-    /// every-frame ones at least `--min-agreement`
-    #[arg(long)]
+    /// every-frame ones at least `--min-agreement`. The engine-search flags (`--int8`,
+    /// `--backends`, `--threads`, the search and its constraints) do not apply to it, and
+    /// are refused with it rather than ignored.
+    #[arg(long, conflicts_with_all = [
+        "int8", "backends", "batch_sizes", "threads", "sample", "workload_items", "budget",
+        "search", "rounds", "slo_p99", "min_throughput", "max_rss",
+    ])]
     pub(crate) reuse: bool,
 
     /// The agreement floor. With `--int8`: the int8 version's agreement with fp32 by the
@@ -49,7 +54,7 @@ pub struct TuneArgs {
     int8: Option<PathBuf>,
 
     /// With `--reuse`: use at most this many frames of each video (default: all)
-    #[arg(long)]
+    #[arg(long, requires = "reuse")]
     pub(crate) max_frames: Option<usize>,
 
     /// Model folder or model.json (default: the bundled EfficientNet-Lite0; with `--reuse`,

@@ -106,18 +106,19 @@ pub struct Space {
 }
 
 impl Space {
+    /// The one rule on which combinations are tried: threads within the budget, and int8 on
+    /// ONNX Runtime only.
+    pub fn allows(&self, c: &Candidate) -> bool {
+        c.instances * c.threads_per_instance <= self.max_threads
+            && (c.precision == Precision::Fp32 || c.backend == BackendKind::Ort)
+    }
+
     pub fn candidates(&self) -> Vec<Candidate> {
         let mut out = Vec::new();
         for &backend in &self.backends {
             for &precision in &self.precisions {
-                if precision == Precision::Int8 && backend != BackendKind::Ort {
-                    continue;
-                }
                 for &instances in &self.instances {
                     for &threads_per_instance in &self.threads_per_instance {
-                        if instances * threads_per_instance > self.max_threads {
-                            continue;
-                        }
                         for &batch_size in &self.batch_sizes {
                             out.push(Candidate {
                                 backend,
@@ -131,6 +132,7 @@ impl Space {
                 }
             }
         }
+        out.retain(|c| self.allows(c));
         out
     }
 }
@@ -474,10 +476,7 @@ impl Tuner<'_> {
                 out.push(Candidate { precision: p, ..c });
             }
         }
-        out.retain(|n| {
-            n.instances * n.threads_per_instance <= sp.max_threads
-                && (n.precision == Precision::Fp32 || n.backend == BackendKind::Ort)
-        });
+        out.retain(|n| sp.allows(n));
         out
     }
 

@@ -23,24 +23,13 @@ use crate::whisper::{
 use crate::{bundled, SpeechError};
 
 /// How the speech models run and what they accept; validated once ([`SpeechOptions::validate`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct SpeechOptions {
     /// Intra-op threads of the sessions (the encoders' and the decoder's run at once).
     pub threads: Threads,
     pub batch: BatchOptions,
     pub limits: AudioLimits,
     pub vad: VadSettings,
-}
-
-impl Default for SpeechOptions {
-    fn default() -> Self {
-        SpeechOptions {
-            threads: Threads::default(),
-            batch: BatchOptions::default(),
-            limits: AudioLimits::default(),
-            vad: VadSettings::default(),
-        }
-    }
 }
 
 impl SpeechOptions {

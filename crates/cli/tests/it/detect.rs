@@ -365,6 +365,22 @@ fn tune_reuse_chooses_a_threshold_at_the_agreement_floor() {
     assert!(svg.starts_with("<svg") && svg.contains("model runs"));
     let refused = singlepoint(&["tune", "--reuse", "--min-agreement", "2", BIKES], None);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    // Flags of the engine search are refused with --reuse, not silently ignored.
+    for flag in [
+        &["--int8", "q8"][..],
+        &["--threads", "1"],
+        &["--search", "descent"],
+    ] {
+        let mut argv = vec!["tune", "--reuse", BIKES];
+        argv.extend_from_slice(flag);
+        let refused = singlepoint(&argv, None);
+        let stderr = text(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{flag:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be used with") && stderr.contains(flag[0]),
+            "{stderr}"
+        );
+    }
 }
 
 /// `--draw DIR` writes each image with its boxes (PNG, same size, untouched away from the
