@@ -195,7 +195,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     let mut pending = BTreeMap::new();
     let mut next = 0;
-    let (mut failed, mut hits, mut audio_seconds) = (0usize, 0usize, 0f64);
+    let (mut failed, mut hits, mut coalesced, mut audio_seconds) = (0usize, 0usize, 0usize, 0f64);
     let mut json_items = Vec::new();
     for (i, done) in done_rx.iter() {
         pending.insert(i, done);
@@ -204,6 +204,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
                 Ok((t, source)) => {
                     audio_seconds += t.duration;
                     hits += usize::from(*source == Source::Cache);
+                    coalesced += usize::from(*source == Source::Coalesced);
                 }
                 Err(e) => {
                     failed += 1;
@@ -236,7 +237,7 @@ pub fn run(args: TranscribeArgs) -> anyhow::Result<ExitCode> {
             0.0
         };
         eprintln!(
-            "{} files, {failed} failed, {audio_seconds:.1} s of audio in {wall:.2} s ({speed:.1} audio seconds per second, real-time factor {:.4}; models loaded in {:.2} s); {} cache hits; {} encoder runs for {} windows, {} decoder runs averaging {:.2} rows ({} joined a running batch), {vad_runs} VAD chunks; {cpu:.2} CPU-seconds",
+            "{} files, {failed} failed, {audio_seconds:.1} s of audio in {wall:.2} s ({speed:.1} audio seconds per second, real-time factor {:.4}; models loaded in {:.2} s); {} cache hits, {coalesced} coalesced; {} encoder runs for {} windows, {} decoder runs averaging {:.2} rows ({} joined a running batch), {vad_runs} VAD chunks; {cpu:.2} CPU-seconds",
             entries.len(),
             if audio_seconds > 0.0 { wall / audio_seconds } else { 0.0 },
             loaded.as_secs_f64(),

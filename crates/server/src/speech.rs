@@ -226,6 +226,7 @@ fn source_header(response: &mut Response, source: Source) {
     let value = match source {
         Source::Cache => "cache",
         Source::Computed => "computed",
+        Source::Coalesced => "coalesced",
     };
     response
         .headers_mut()

@@ -1,6 +1,7 @@
 //! The speech path every front-end enters: audio bytes → content key → result cache → decode
 //! (limits checked) → 16 kHz mono → Silero VAD → windows → log-mel → the transcriber →
-//! transcript → cache.
+//! transcript → cache. A request for a recording already being transcribed waits for that
+//! computation instead of starting its own (in-flight coalescing, on the same key).
 //!
 //! A recording of at most 30 s is transcribed whole when the VAD finds speech in it, and not
 //! at all when it finds none (Whisper writes text over silence and noise); a longer one is cut
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use singlepoint_audio::mel::{N_SAMPLES, SAMPLE_RATE};
 use singlepoint_audio::vad::{self as segmenting, Segment, VadSettings};
 use singlepoint_audio::{AudioLimits, MelFilters};
+use singlepoint_cache::coalesce::{Coalescer, Role};
 use singlepoint_cache::{CacheKey, ResultCache};
 use singlepoint_core::ModelDigest;
 
@@ -108,6 +110,8 @@ pub struct VadAnswer {
 pub enum Source {
     Computed,
     Cache,
+    /// Computed once for this request and another identical one in flight at the same time.
+    Coalesced,
 }
 
 /// The speech models behind one path, shared by every front-end.
@@ -118,6 +122,7 @@ pub struct Speech {
     cache: Option<Arc<ResultCache>>,
     options: SpeechOptions,
     digest: ModelDigest,
+    in_flight: Coalescer<CacheKey, Result<Transcript, SpeechError>>,
 }
 
 fn seconds(samples: usize) -> f64 {
@@ -163,6 +168,7 @@ impl Speech {
             cache,
             options,
             digest,
+            in_flight: Coalescer::new(),
         })
     }
 
@@ -194,15 +200,10 @@ impl Speech {
         bytes: &[u8],
         extension: Option<&str>,
     ) -> Result<(Transcript, Source), SpeechError> {
-        let key =
-            CacheKey::from_parts(&self.digest, &self.options.key_bytes(), &[b"file\0", bytes]);
-        if let Some(t) = self.cached(&key) {
-            return Ok((t, Source::Cache));
-        }
-        let samples = self.decode(bytes, extension)?;
-        let transcript = self.transcribe_samples(&samples)?;
-        self.store(key, &transcript);
-        Ok((transcript, Source::Computed))
+        self.answer(&[b"file\0", bytes], || {
+            let samples = self.decode(bytes, extension)?;
+            self.transcribe_samples(&samples)
+        })
     }
 
     /// The transcript of raw little-endian s16 PCM at `rate` with `channels` channels.
@@ -213,24 +214,41 @@ impl Speech {
         channels: usize,
     ) -> Result<(Transcript, Source), SpeechError> {
         let tag = format!("pcm_s16le\0{rate}\0{channels}\0");
-        let key = CacheKey::from_parts(
-            &self.digest,
-            &self.options.key_bytes(),
-            &[tag.as_bytes(), bytes],
-        );
+        self.answer(&[tag.as_bytes(), bytes], || {
+            let audio = singlepoint_audio::decode_pcm_s16le(
+                bytes,
+                rate,
+                channels,
+                SAMPLE_RATE,
+                &self.options.limits,
+            )?;
+            self.transcribe_samples(&audio.samples)
+        })
+    }
+
+    /// The answer for the input `parts` name: from the cache, from an identical computation
+    /// already in flight, or computed and stored (errors are neither stored nor kept).
+    fn answer(
+        &self,
+        parts: &[&[u8]],
+        compute: impl FnOnce() -> Result<Transcript, SpeechError>,
+    ) -> Result<(Transcript, Source), SpeechError> {
+        let key = CacheKey::from_parts(&self.digest, &self.options.key_bytes(), parts);
         if let Some(t) = self.cached(&key) {
             return Ok((t, Source::Cache));
         }
-        let audio = singlepoint_audio::decode_pcm_s16le(
-            bytes,
-            rate,
-            channels,
-            SAMPLE_RATE,
-            &self.options.limits,
-        )?;
-        let transcript = self.transcribe_samples(&audio.samples)?;
-        self.store(key, &transcript);
-        Ok((transcript, Source::Computed))
+        let (answer, role) = self.in_flight.run(key, || {
+            let answer = compute();
+            if let Ok(t) = &answer {
+                self.store(key, t);
+            }
+            answer
+        });
+        let source = match role {
+            Role::Leader => Source::Computed,
+            Role::Follower => Source::Coalesced,
+        };
+        answer.map(|t| (t, source))
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Transcript> {

@@ -89,7 +89,10 @@ fn transcribes_files_in_order_and_names_the_bad_one() {
     let out = singlepoint_with_cache(&args, None, cache.path());
     assert_eq!(text(&out.stdout), stdout);
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("3 cache hits; 0 encoder runs"), "{stderr}");
+    assert!(
+        stderr.contains("3 cache hits, 0 coalesced; 0 encoder runs"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use singlepoint_speech::service::{Source, Transcript};
 use singlepoint_speech::vad::SileroVad;
 use singlepoint_speech::whisper::{BatchOptions, Threads, Transcriber, WhisperModel};
-use singlepoint_speech::{bundled, service::Source, Speech, SpeechOptions};
+use singlepoint_speech::{bundled, Speech, SpeechOptions};
 
 /// ONNX Runtime's library, fetched once if this machine has none (as `transcribe` does).
 fn ort() {
@@ -274,4 +275,40 @@ fn a_long_recording_is_cut_at_silences_into_timed_windows() {
         t.text
     );
     assert!(t.text.contains("Dashwood"), "{}", t.text);
+}
+
+/// Identical recordings in flight at once are transcribed once: the others wait for that
+/// computation and get its answer, marked coalesced (no cache here, so nothing else can
+/// answer them).
+#[test]
+fn identical_requests_in_flight_are_computed_once() {
+    let speech = Arc::new(speech());
+    let bytes = Arc::new(std::fs::read(clip(&serde_json::json!("jfk.wav"))).unwrap());
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (speech, bytes, barrier) = (speech.clone(), bytes.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                speech.transcribe(&bytes, Some("wav")).unwrap()
+            })
+        })
+        .collect();
+    let answers: Vec<(Transcript, Source)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let (stats, _) = speech.stats();
+    assert_eq!(stats.encoded, 1, "{stats:?}");
+    let computed = answers
+        .iter()
+        .filter(|(_, s)| *s == Source::Computed)
+        .count();
+    assert_eq!(
+        computed,
+        1,
+        "{:?}",
+        answers.iter().map(|a| a.1).collect::<Vec<_>>()
+    );
+    assert!(answers.iter().all(|(t, _)| *t == answers[0].0));
+    // Once done, nothing is left in flight: the same bytes are computed again (no cache).
+    assert_eq!(speech.transcribe(&bytes, None).unwrap().1, Source::Computed);
 }
