@@ -194,6 +194,19 @@ impl Speech {
         Ok(singlepoint_audio::decode(bytes, extension, SAMPLE_RATE, &self.options.limits)?.samples)
     }
 
+    fn decode_pcm(
+        &self,
+        bytes: &[u8],
+        rate: u32,
+        channels: usize,
+    ) -> Result<Vec<f32>, SpeechError> {
+        let limits = &self.options.limits;
+        Ok(
+            singlepoint_audio::decode_pcm_s16le(bytes, rate, channels, SAMPLE_RATE, limits)?
+                .samples,
+        )
+    }
+
     /// The transcript of an encoded recording (WAV, FLAC, MP3, Ogg Vorbis).
     pub fn transcribe(
         &self,
@@ -215,14 +228,8 @@ impl Speech {
     ) -> Result<(Transcript, Source), SpeechError> {
         let tag = format!("pcm_s16le\0{rate}\0{channels}\0");
         self.answer(&[tag.as_bytes(), bytes], || {
-            let audio = singlepoint_audio::decode_pcm_s16le(
-                bytes,
-                rate,
-                channels,
-                SAMPLE_RATE,
-                &self.options.limits,
-            )?;
-            self.transcribe_samples(&audio.samples)
+            let samples = self.decode_pcm(bytes, rate, channels)?;
+            self.transcribe_samples(&samples)
         })
     }
 
@@ -341,14 +348,8 @@ impl Speech {
         channels: usize,
         probabilities: bool,
     ) -> Result<VadAnswer, SpeechError> {
-        let audio = singlepoint_audio::decode_pcm_s16le(
-            bytes,
-            rate,
-            channels,
-            SAMPLE_RATE,
-            &self.options.limits,
-        )?;
-        self.vad_answer(&audio.samples, probabilities)
+        let samples = self.decode_pcm(bytes, rate, channels)?;
+        self.vad_answer(&samples, probabilities)
     }
 
     fn vad_answer(&self, samples: &[f32], probabilities: bool) -> Result<VadAnswer, SpeechError> {
