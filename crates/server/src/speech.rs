@@ -75,6 +75,19 @@ fn admit(slot: &SpeechSlot) -> Result<InFlight<'_>, ApiError> {
     Ok(InFlight(&slot.in_flight))
 }
 
+/// Admits a speech request and runs `f` on the speech models (loaded on first use) on a
+/// blocking thread: decoding and transcription are CPU-bound.
+async fn on_speech<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&Speech) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let _admitted = admit(&state.speech)?;
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || f(&*st.speech.get(st.config.speech, st.cache.clone())?))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
 fn speech_error(what: &str, e: SpeechError) -> ApiError {
     let status = match &e {
         SpeechError::Audio(AudioError::TooLarge { .. } | AudioError::TooLong { .. }) => {
@@ -256,11 +269,8 @@ pub(crate) async fn transcriptions(
                 ),
             ));
         }
-        let _admitted = admit(&state.speech)?;
-        let st = state.clone();
         let name = request.file_name.clone();
-        let (transcript, source) = tokio::task::spawn_blocking(move || {
-            let speech = st.speech.get(st.config.speech, st.cache.clone())?;
+        let (transcript, source) = on_speech(&state, move |speech| {
             let what = match &name {
                 Some(n) => format!("`file` ({n})"),
                 None => "`file`".to_string(),
@@ -269,8 +279,7 @@ pub(crate) async fn transcriptions(
                 .transcribe(&request.file, extension(name.as_deref()).as_deref())
                 .map_err(|e| speech_error(&what, e))
         })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .await?;
         let text_plain = |body: String| {
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
         };
@@ -333,10 +342,7 @@ pub(crate) async fn vad(
         } else {
             (body, None)
         };
-        let _admitted = admit(&state.speech)?;
-        let st = state.clone();
-        let answer = tokio::task::spawn_blocking(move || {
-            let speech = st.speech.get(st.config.speech, st.cache.clone())?;
+        let answer = on_speech(&state, move |speech| {
             let what = name
                 .as_deref()
                 .map_or("the audio".to_string(), |n| format!("`{n}`"));
@@ -355,8 +361,7 @@ pub(crate) async fn vad(
             }
             .map_err(|e| speech_error(&what, e))
         })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+        .await?;
         Ok(Json(json!({
             "model": bundled::VAD_NAME,
             "duration": answer.duration,
