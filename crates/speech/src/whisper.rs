@@ -183,8 +183,8 @@ pub struct Threads {
 
 /// One encoder thread whose sessions use every core, and a one-thread decoder: on 2 cores it
 /// gave 1.18x the throughput of an encoder thread per core with one intra-op thread each
-/// (8 files at once, 20 % fewer CPU-seconds) and a lower single-file latency, because one
-/// queue forms larger encoder batches (`transcribe --encoders --encoder-threads`, 2026-12-04).
+/// (8 files at once, 20 % fewer CPU-seconds) and a lower single-file latency, measured with
+/// `transcribe --encoders E --encoder-threads T` (2026-12-04; why is not yet explained).
 impl Default for Threads {
     fn default() -> Self {
         Threads {
