@@ -182,9 +182,9 @@ pub struct Threads {
 }
 
 /// One encoder thread whose sessions use every core, and a one-thread decoder: on 2 cores it
-/// gave 1.18x the throughput of an encoder thread per core with one intra-op thread each
-/// (8 files at once, 20 % fewer CPU-seconds) and a lower single-file latency, measured with
-/// `transcribe --encoders E --encoder-threads T` (2026-12-04; why is not yet explained).
+/// gave 1.05x the throughput of an encoder thread per core with one intra-op thread each
+/// (8 files at once, 6 % fewer CPU-seconds; bench/transcribe_layouts.py) and a lower
+/// single-file latency, since one window's encoder run uses every core.
 impl Default for Threads {
     fn default() -> Self {
         Threads {
