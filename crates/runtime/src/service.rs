@@ -735,7 +735,6 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
                 Work::Raw(_) => &[],
             })
             .collect();
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let decls = shared.task.inputs();
         let runs = stackable_groups(&items, decls)
             .into_iter()
@@ -751,55 +750,69 @@ fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Jo
                     _ => group.chunks(max.max(1)).map(<[usize]>::to_vec).collect(),
                 },
             );
+        // Each run's items are answered as soon as it ends, not after the other runs of the
+        // batch: a short text grouped away from a long one does not wait for it. The first
+        // run's recorded time includes preparing the batch, as the tuner's latency measure.
+        let mut run_started = batch_started;
         for group in runs {
             let results = run_group(shared, session.as_mut(), &items, &group);
-            for (&i, outcome) in group.iter().zip(results) {
-                outcomes[i] = Some(outcome.and_then(|outputs| {
-                    shared
-                        .task
-                        .finish(outputs.to_vec(), contexts[i])
-                        .map(Outputs::from)
-                }));
-            }
-        }
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(ItemError::Inference("the item was not run".into()))))
-            .collect();
-        // Store before publishing, so that a caller arriving after the in-flight entry is
-        // gone finds the answer in the cache.
-        let cpu0 = thread_cpu_time();
-        if let Some(cache) = &shared.cache {
-            let inserts: Vec<(CacheKey, Arc<[u8]>)> = batch
+            let outcomes: Vec<Outcome> = group
                 .iter()
-                .zip(&outcomes)
-                .filter_map(|(p, o)| {
-                    o.as_ref()
-                        .ok()
-                        .map(|outputs| (p.key, Arc::from(encode_outputs(outputs))))
+                .zip(results)
+                .map(|(&i, outcome)| {
+                    outcome.and_then(|outputs| {
+                        shared
+                            .task
+                            .finish(outputs.to_vec(), contexts[i])
+                            .map(Outputs::from)
+                    })
                 })
                 .collect();
-            cache.insert_many(&shared.model.digest, &inserts);
-        }
-        if config.record_batches {
-            shared
-                .batches
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((batch_started.elapsed(), batch.len()));
-        }
-        for (p, outcome) in batch.iter().zip(outcomes) {
-            finish(shared, &p.key, outcome, true);
-            if let Some(a) = &shared.adaptive {
-                a.observe_latency(p.admitted.elapsed().as_secs_f64());
+            if config.record_batches {
+                shared
+                    .batches
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((run_started.elapsed(), group.len()));
             }
+            publish(shared, group.iter().map(|&i| &batch[i]), outcomes);
+            run_started = Instant::now();
         }
-        StageCpu::add(
-            &shared.metrics.cpu.key_cache,
-            thread_cpu_time().saturating_sub(cpu0),
-        );
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Stores the answers of one run in the cache, then hands them to their callers. Storing
+/// first means that a caller arriving after the in-flight entry is gone finds the answer in
+/// the cache.
+fn publish<'a>(
+    shared: &Shared,
+    jobs: impl Iterator<Item = &'a Job> + Clone,
+    outcomes: Vec<Outcome>,
+) {
+    let cpu0 = thread_cpu_time();
+    if let Some(cache) = &shared.cache {
+        let inserts: Vec<(CacheKey, Arc<[u8]>)> = jobs
+            .clone()
+            .zip(&outcomes)
+            .filter_map(|(p, o)| {
+                o.as_ref()
+                    .ok()
+                    .map(|outputs| (p.key, Arc::from(encode_outputs(outputs))))
+            })
+            .collect();
+        cache.insert_many(&shared.model.digest, &inserts);
+    }
+    for (p, outcome) in jobs.zip(outcomes) {
+        finish(shared, &p.key, outcome, true);
+        if let Some(a) = &shared.adaptive {
+            a.observe_latency(p.admitted.elapsed().as_secs_f64());
+        }
+    }
+    StageCpu::add(
+        &shared.metrics.cpu.key_cache,
+        thread_cpu_time().saturating_sub(cpu0),
+    );
 }
 
 /// Splits a batch into groups that stack into one engine run, keeping arrival order within

@@ -23,6 +23,7 @@ use crate::AppState;
 use singlepoint_core::{AnyTensor, Buffer, Dim};
 use singlepoint_model::Task;
 use singlepoint_runtime::detect::DetectOptions;
+use singlepoint_runtime::metrics::StageCpu;
 use singlepoint_runtime::task::{self, Outputs};
 
 /// An error answered as `{"error": "..."}` with its status.
@@ -1132,7 +1133,7 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             .map(|(n, s)| (*n, s.metrics().batch_size.snapshot())),
     );
     type Read = fn(&ModelService) -> f64;
-    let counters: [(&str, &str, Read); 8] = [
+    let counters: [(&str, &str, Read); 12] = [
         ("singlepoint_model_executions_total", "Engine runs", |s| {
             load(&s.metrics().executions)
         }),
@@ -1165,6 +1166,29 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
             "singlepoint_expired_total",
             "Items dropped from the queue after their deadline",
             |s| load(&s.metrics().expired),
+        ),
+        (
+            "singlepoint_padded_tokens_total",
+            "Positions of padded inputs (a text's tokens) holding the items' own values",
+            |s| load(&s.metrics().padded_used),
+        ),
+        (
+            "singlepoint_padded_slots_total",
+            "Positions of padded inputs run, padding included",
+            |s| load(&s.metrics().padded_slots),
+        ),
+        (
+            "singlepoint_inference_cpu_seconds_total",
+            "CPU time of the threads running the engine",
+            |s| StageCpu::get(&s.metrics().cpu.inference).as_secs_f64(),
+        ),
+        (
+            "singlepoint_preprocess_cpu_seconds_total",
+            "CPU time decoding and preprocessing inputs (a text's tokenising)",
+            |s| {
+                let cpu = &s.metrics().cpu;
+                (StageCpu::get(&cpu.decode) + StageCpu::get(&cpu.preprocess)).as_secs_f64()
+            },
         ),
         ("singlepoint_instances", "Engine instances", |s| {
             s.config().instances as f64

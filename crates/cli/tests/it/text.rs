@@ -294,6 +294,10 @@ fn served_text_models_answer_tei_oip_and_classify_and_name_bad_texts() {
     assert_eq!(r.status, 422, "{}", text(&r.body));
 
     // OIP infer with BYTES texts: embedding and tokens, the same vectors.
+    let model = r#"model="all-minilm-l6-v2""#;
+    let used0 = server.metric("singlepoint_padded_tokens_total", model);
+    let slots0 = server.metric("singlepoint_padded_slots_total", model);
+    let cpu0 = server.metric("singlepoint_inference_cpu_seconds_total", model);
     let infer = serde_json::json!({
         "inputs": [{ "name": "text", "datatype": "BYTES", "shape": [2],
                      "data": ["A man is playing a guitar.", "hello"] }],
@@ -323,6 +327,13 @@ fn served_text_models_answer_tei_oip_and_classify_and_name_bad_texts() {
         .find(|o| o["name"] == "tokens")
         .unwrap();
     assert_eq!(tokens["data"], serde_json::json!([9, 9, 3, 3]));
+    // /metrics counts the tokens run and the positions padding added: 9 + 3 tokens, in one
+    // run of 2 x 9 positions or in two of 9 and 3.
+    let used = server.metric("singlepoint_padded_tokens_total", model) - used0;
+    let slots = server.metric("singlepoint_padded_slots_total", model) - slots0;
+    assert_eq!(used, 12.0);
+    assert!(slots == 12.0 || slots == 18.0, "{slots}");
+    assert!(server.metric("singlepoint_inference_cpu_seconds_total", model) > cpu0);
     let meta = server
         .send("GET", "/v2/models/all-minilm-l6-v2", &[], b"")
         .json();
