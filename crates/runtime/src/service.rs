@@ -247,6 +247,9 @@ struct Shared {
     config: BatchConfig,
     adaptive: Option<Adaptive>,
     batches: Mutex<Vec<(Duration, usize)>>,
+    /// Length-grouped models: prepared items every instance chooses its next run from, so
+    /// that runs are cut from everything waiting rather than from what one instance took.
+    held: Mutex<Vec<Job>>,
 }
 
 /// A model being served: the one path every front-end drives.
@@ -285,6 +288,7 @@ impl ModelService {
                 .latency_target
                 .map(|t| Adaptive::new(t, config.max_batch_size)),
             batches: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
         });
         // Admission bounds what is queued; the channels themselves need no bound.
         let (decode_tx, decode_rx) = unbounded::<Job>();
@@ -678,45 +682,162 @@ fn next_batch(
     Some(taken)
 }
 
+/// Fails the taken items whose deadline has passed and prepares the others (those that fail
+/// preparing are answered here).
+fn admit_taken(shared: &Shared, preparer: &mut Box<dyn Prepare>, items: Vec<Job>) -> Vec<Job> {
+    let now = Instant::now();
+    let (live, late): (Vec<Job>, Vec<Job>) = items.into_iter().partition(|p| p.deadline > now);
+    for p in late {
+        shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
+        finish(shared, &p.key, Err(expired()), true);
+    }
+    live.into_iter()
+        .filter_map(|mut job| prepare_job(shared, preparer, &mut job).then_some(job))
+        .collect()
+}
+
+fn observe_queue(shared: &Shared, batch: &[Job]) {
+    let now = Instant::now();
+    for p in batch {
+        shared
+            .metrics
+            .queue_seconds
+            .observe_duration(now.saturating_duration_since(p.queued));
+    }
+}
+
+/// The next run of a length-grouped model: what has arrived joins the shared pool of waiting
+/// items (blocking for the first item only when the pool is empty), the pool is cut into runs
+/// by length ([`split_by_length`]), and the run holding the oldest item is taken, so that no
+/// item waits behind newer ones. The rest stay for whichever instance is free next. `None`
+/// when the queue is closed and nothing is left.
+#[allow(clippy::too_many_arguments)]
+fn take_grouped(
+    shared: &Shared,
+    preparer: &mut Box<dyn Prepare>,
+    rx: &Receiver<Job>,
+    window: usize,
+    max: usize,
+    delay: Duration,
+    g: LengthGrouping,
+    k: usize,
+) -> Option<Vec<Job>> {
+    loop {
+        let pooled = lock(&shared.held).len();
+        let arrived = if pooled == 0 {
+            let taken = next_batch(rx, window, delay, &shared.config.preferred_batch_sizes)?;
+            if let Some(a) = &shared.adaptive {
+                a.observe_wait(taken.waited_out, taken.gained);
+            }
+            taken.items
+        } else {
+            let mut items = Vec::new();
+            while pooled + items.len() < window {
+                match rx.try_recv() {
+                    Ok(job) => items.push(job),
+                    Err(_) => break,
+                }
+            }
+            items
+        };
+        let arrived = admit_taken(shared, preparer, arrived);
+        let mut held = lock(&shared.held);
+        held.extend(arrived);
+        let now = Instant::now();
+        let mut i = 0;
+        while i < held.len() {
+            if held[i].deadline <= now {
+                let p = held.swap_remove(i);
+                shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
+                finish(shared, &p.key, Err(expired()), true);
+            } else {
+                i += 1;
+            }
+        }
+        if held.is_empty() {
+            continue;
+        }
+        let queued: Vec<Instant> = held.iter().map(|j| j.queued).collect();
+        let lengths: Vec<usize> = held.iter().map(|j| job_length(j, k)).collect();
+        let mut run = pick_run(&queued, &lengths, max, g);
+        // Highest index first: each swap_remove then moves an item that stays.
+        run.sort_unstable_by(|a, b| b.cmp(a));
+        let mut jobs: Vec<Job> = run.into_iter().map(|i| held.swap_remove(i)).collect();
+        drop(held);
+        jobs.sort_by_key(|j| j.queued);
+        observe_queue(shared, &jobs);
+        return Some(jobs);
+    }
+}
+
+/// The run [`split_by_length`] cuts from a pool of items (`queued[i]`, `lengths[i]`) that holds
+/// the oldest item, as indices into the pool.
+fn pick_run(queued: &[Instant], lengths: &[usize], max: usize, g: LengthGrouping) -> Vec<usize> {
+    let Some(oldest) = (0..queued.len()).min_by_key(|&i| queued[i]) else {
+        return Vec::new();
+    };
+    let all: Vec<usize> = (0..queued.len()).collect();
+    split_by_length(&all, lengths, max, g)
+        .into_iter()
+        .find(|r| r.contains(&oldest))
+        .unwrap_or_else(|| vec![oldest])
+}
+
+fn job_length(job: &Job, k: usize) -> usize {
+    match &job.work {
+        Work::Ready(p) => p.inputs.get(k).map_or(0, AnyTensor::len),
+        Work::Raw(_) => 0,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn run_instance(shared: &Shared, mut session: Box<dyn Session>, rx: &Receiver<Job>) {
     // Only used when there is no preprocessing pool: this instance prepares its own batches.
     let mut preparer = shared.task.preparer();
     let config = &shared.config;
+    // Only items that pad to share a run (texts) are grouped by length: an image model keeps
+    // batches of `max`, so that every instance has work.
+    let grouping = match (config.length_grouping, padded_length(shared.task.inputs())) {
+        (Some(g), Some(k)) => Some((g, k)),
+        _ => None,
+    };
     loop {
         let (max, delay) = match &shared.adaptive {
             Some(a) => a.settings(),
             None => (config.max_batch_size, config.max_queue_delay),
         };
-        // Only items that pad to share a run (texts) are worth taking a window of: an image
-        // model keeps batches of `max`, so that every instance has work.
-        let take = match (config.length_grouping, padded_length(shared.task.inputs())) {
-            (Some(g), Some(_)) => g.window.max(max),
-            _ => max,
+        let (batch, batch_started) = match grouping {
+            Some((g, k)) => {
+                let Some(run) = take_grouped(
+                    shared,
+                    &mut preparer,
+                    rx,
+                    g.window.max(max),
+                    max,
+                    delay,
+                    g,
+                    k,
+                ) else {
+                    break;
+                };
+                (run, Instant::now())
+            }
+            None => {
+                let Some(taken) = next_batch(rx, max, delay, &config.preferred_batch_sizes) else {
+                    break;
+                };
+                let batch_started = Instant::now();
+                if let Some(a) = &shared.adaptive {
+                    a.observe_wait(taken.waited_out, taken.gained);
+                }
+                let batch = admit_taken(shared, &mut preparer, taken.items);
+                observe_queue(shared, &batch);
+                (batch, batch_started)
+            }
         };
-        let Some(taken) = next_batch(rx, take, delay, &config.preferred_batch_sizes) else {
-            break;
-        };
-        let batch_started = Instant::now();
-        if let Some(a) = &shared.adaptive {
-            a.observe_wait(taken.waited_out, taken.gained);
-        }
-        let now = Instant::now();
-        let (batch, late): (Vec<Job>, Vec<Job>) =
-            taken.items.into_iter().partition(|p| p.deadline > now);
-        for p in late {
-            shared.metrics.expired.fetch_add(1, Ordering::Relaxed);
-            finish(shared, &p.key, Err(expired()), true);
-        }
-        for p in &batch {
-            shared
-                .metrics
-                .queue_seconds
-                .observe_duration(now.saturating_duration_since(p.queued));
-        }
-        let batch: Vec<Job> = batch
-            .into_iter()
-            .filter_map(|mut job| prepare_job(shared, &mut preparer, &mut job).then_some(job))
-            .collect();
         if batch.is_empty() {
             continue;
         }
@@ -1093,6 +1214,27 @@ mod tests {
         let mut all: Vec<usize> = split_by_length(&group, &lengths, 3, grouping(64, 5)).concat();
         all.sort_unstable();
         assert_eq!(all, group);
+    }
+
+    #[test]
+    fn the_run_holding_the_oldest_item_is_taken_first() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A long text arrived first: it goes alone, and the short ones stay in the pool.
+        let queued = [at(1), at(0), at(2), at(3)];
+        let lengths = [8, 200, 9, 7];
+        assert_eq!(pick_run(&queued, &lengths, 32, grouping(4096, 32)), vec![1]);
+        // A short text arrived first: the short ones go together, the long one stays.
+        let queued = [at(0), at(1), at(2), at(3)];
+        let mut run = pick_run(&queued, &lengths, 32, grouping(4096, 32));
+        run.sort_unstable();
+        assert_eq!(run, vec![0, 2, 3]);
+        // The item cap holds, and the oldest item is always in the run.
+        let queued: Vec<Instant> = (0..10).rev().map(at).collect();
+        let run = pick_run(&queued, &[5; 10], 4, grouping(4096, 32));
+        assert!(!run.is_empty() && run.len() <= 4, "{run:?}");
+        assert!(run.contains(&9));
+        assert!(pick_run(&[], &[], 4, grouping(4096, 32)).is_empty());
     }
 
     #[test]
