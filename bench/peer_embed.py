@@ -3,12 +3,15 @@ on FastAPI + uvicorn with the Hugging Face `tokenizers` library (Rust, called fr
 onnxruntime, dynamic batching on an asyncio queue (up to --max-batch-size texts, waiting at
 most --batch-timeout for more; the batch tokenised in one call, padded to its longest text),
 sessions run on a thread pool (ORT releases the GIL), mean pooling and L2 normalisation in
-numpy: the recipe of tests/data/text/make_expected_embeddings.py.
+numpy: the recipe of tests/data/text/make_expected_embeddings.py. With --workers N, N such
+processes share the listening socket (SO_REUSEPORT), as gunicorn or `uvicorn --workers` would
+run them, each with its own sessions and event loop.
 
 Usage: python3 bench/peer_embed.py MODEL.onnx TOKENIZER.json PORT [--sessions 2]
                                   [--ort-threads 1] [--max-batch-size 32] [--batch-timeout 0.002]
+                                  [--workers 1]
 """
-import argparse, asyncio, json
+import argparse, asyncio, json, os, socket
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,7 +28,17 @@ p.add_argument("--sessions", type=int, default=2)
 p.add_argument("--ort-threads", type=int, default=1)
 p.add_argument("--max-batch-size", type=int, default=32)
 p.add_argument("--batch-timeout", type=float, default=0.002)
+p.add_argument("--workers", type=int, default=1)
 args = p.parse_args()
+
+# The socket is bound before forking, the sessions made after (ORT's threads do not fork).
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+sock.bind(("127.0.0.1", args.port))
+for _ in range(args.workers - 1):
+    if os.fork() == 0:
+        break
 
 tok = Tokenizer.from_file(args.tokenizer)
 tok.enable_truncation(max_length=256)
@@ -113,4 +126,4 @@ async def embeddings(request: Request):
     }), media_type="application/json")
 
 
-uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
