@@ -252,6 +252,9 @@ struct Shared {
     /// Length-grouped models: prepared items every instance chooses its next run from, so
     /// that runs are cut from everything waiting rather than from what one instance took.
     held: Mutex<Vec<Job>>,
+    /// A token sent when an instance leaves items in `held`, so that an instance waiting on
+    /// an empty queue wakes to take a run of them.
+    wake: (Sender<()>, Receiver<()>),
 }
 
 /// A model being served: the one path every front-end drives.
@@ -291,6 +294,7 @@ impl ModelService {
                 .map(|t| Adaptive::new(t, config.max_batch_size)),
             batches: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            wake: crossbeam_channel::bounded(1),
         });
         // Admission bounds what is queued; the channels themselves need no bound.
         let (decode_tx, decode_rx) = unbounded::<Job>();
@@ -644,6 +648,17 @@ fn next_batch(
     preferred: &[usize],
 ) -> Option<Taken> {
     let first = rx.recv().ok()?;
+    Some(gather(first, rx, max, delay, preferred))
+}
+
+/// [`next_batch`] once its first item is there.
+fn gather(
+    first: Job,
+    rx: &Receiver<Job>,
+    max: usize,
+    delay: Duration,
+    preferred: &[usize],
+) -> Taken {
     // Measured from the oldest item's arrival: one that waited behind busy instances goes now.
     let until = first.queued + delay;
     let mut taken = Taken {
@@ -681,7 +696,7 @@ fn next_batch(
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
-    Some(taken)
+    taken
 }
 
 /// Fails the taken items whose deadline has passed and prepares the others (those that fail
@@ -709,9 +724,10 @@ fn observe_queue(shared: &Shared, batch: &[Job]) {
 }
 
 /// The next run of a length-grouped model: what has arrived joins the shared pool of waiting
-/// items (blocking for the first item only when the pool is empty), the pool is cut into runs
+/// items (waiting for the first item only when the pool is empty), the pool is cut into runs
 /// by length ([`split_by_length`]), and the run holding the oldest item is taken, so that no
-/// item waits behind newer ones. The rest stay for whichever instance is free next. `None`
+/// item waits behind newer ones. The rest stay in the pool, and an instance waiting on an
+/// empty queue is woken to take a run of them. `None`
 /// when the queue is closed and nothing is left.
 #[allow(clippy::too_many_arguments)]
 fn take_grouped(
@@ -727,7 +743,28 @@ fn take_grouped(
     loop {
         let pooled = lock(&shared.held).len();
         let arrived = if pooled == 0 {
-            let taken = next_batch(rx, window, delay, &shared.config.preferred_batch_sizes)?;
+            // Wait for a new item, or for another instance to leave some in the pool.
+            let (woken, first) = crossbeam_channel::select! {
+                recv(rx) -> job => (false, job.ok()),
+                recv(shared.wake.1) -> _ => (true, None),
+            };
+            if woken {
+                continue;
+            }
+            let Some(first) = first else {
+                // The queue is closed: finish what another instance left, then stop.
+                if lock(&shared.held).is_empty() {
+                    return None;
+                }
+                continue;
+            };
+            let taken = gather(
+                first,
+                rx,
+                window,
+                delay,
+                &shared.config.preferred_batch_sizes,
+            );
             if let Some(a) = &shared.adaptive {
                 a.observe_wait(taken.waited_out, taken.gained);
             }
@@ -765,7 +802,11 @@ fn take_grouped(
         // Highest index first: each swap_remove then moves an item that stays.
         run.sort_unstable_by(|a, b| b.cmp(a));
         let mut jobs: Vec<Job> = run.into_iter().map(|i| held.swap_remove(i)).collect();
+        let left = !held.is_empty();
         drop(held);
+        if left {
+            let _ = shared.wake.0.try_send(());
+        }
         jobs.sort_by_key(|j| j.queued);
         observe_queue(shared, &jobs);
         return Some(jobs);

@@ -14,7 +14,8 @@ use singlepoint_model::init::{describe, Options};
 use singlepoint_model::{DecodeLimits, Model};
 use singlepoint_runtime::task::{self, Outputs};
 use singlepoint_runtime::{
-    load_engine, BackendChoice, BatchConfig, ItemError, ItemInput, ModelService, Source,
+    load_engine, BackendChoice, BatchConfig, ItemError, ItemInput, LengthGrouping, ModelService,
+    Source,
 };
 
 use super::repo;
@@ -30,6 +31,15 @@ fn tensor_model(dir: &Path, name: &str, pads: &[(&str, f64)]) -> Arc<Model> {
     let text = describe(&onnx, &bytes, &options).unwrap();
     std::fs::write(dir.join("model.json"), text).unwrap();
     Arc::new(Model::load(dir).unwrap())
+}
+
+/// The token model with its two inputs padded with 0: length-grouped.
+fn padded_token_model(dir: &Path) -> Arc<Model> {
+    tensor_model(
+        dir,
+        "token-pool",
+        &[("input_ids", 0.0), ("attention_mask", 0.0)],
+    )
 }
 
 fn service(
@@ -138,6 +148,63 @@ fn items_of_different_lengths_batch_together_and_each_equals_its_run_alone() {
 }
 
 #[test]
+fn length_grouped_instances_cut_runs_from_one_pool_without_padding_across_lengths() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = padded_token_model(dir.path());
+    let engine = load_engine(
+        &model,
+        BackendChoice::Only(BackendKind::Ort),
+        EngineOptions::default(),
+        true,
+    )
+    .unwrap()
+    .engine;
+    let s = ModelService::start(
+        model.clone(),
+        task::for_model(model.clone(), DecodeLimits::default()),
+        engine,
+        None,
+        BatchConfig {
+            instances: 2,
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_millis(5),
+            preferred_batch_sizes: Vec::new(),
+            decode_workers: 0,
+            max_queue: 64,
+            limits: DecodeLimits::default(),
+            latency_target: None,
+            record_batches: true,
+            length_grouping: Some(LengthGrouping {
+                window: 64,
+                max_tokens: 4096,
+                run_overhead: 1,
+            }),
+        },
+    )
+    .unwrap();
+    // Short and long items interleaved, all at once: however the two instances take them,
+    // a run never pads a short item to a long one's length.
+    let items: Vec<Vec<i64>> = (0..16)
+        .map(|i| vec![(i % 30) as i64 + 1; if i % 2 == 0 { 2 } else { 50 }])
+        .collect();
+    for (item, got) in items
+        .iter()
+        .zip(answers(&s, items.iter().map(|v| tokens(v)).collect()))
+    {
+        let (got, _) = got.unwrap();
+        assert_eq!(got[1].shape(), &[item.len()]);
+    }
+    let m = s.metrics();
+    let used = m.padded_used.load(std::sync::atomic::Ordering::Relaxed);
+    let slots = m.padded_slots.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(used, 8 * 2 + 8 * 50);
+    assert_eq!(slots, used, "runs {:?}", s.batches());
+    // Every item is answered before the instances stop: shutting down does not hang on the
+    // pool.
+    s.shutdown();
+}
+
+#[test]
 fn without_a_pad_value_only_items_of_one_shape_share_a_run() {
     let dir = tempfile::tempdir().unwrap();
     let model = tensor_model(dir.path(), "token-pool", &[]);
@@ -206,11 +273,7 @@ fn every_element_type_passes_through_both_engines() {
 #[test]
 fn an_item_the_engine_refuses_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tensor_model(
-        dir.path(),
-        "token-pool",
-        &[("input_ids", 0.0), ("attention_mask", 0.0)],
-    );
+    let model = padded_token_model(dir.path());
     let s = service(&model, BackendKind::Ort, 8, None);
     // Id 99 is outside the 32-entry embedding table: ONNX Runtime's Gather refuses it.
     let results = answers(&s, vec![tokens(&[1, 2]), tokens(&[3, 99, 4]), tokens(&[5])]);
@@ -225,11 +288,7 @@ fn an_item_the_engine_refuses_fails_alone() {
 #[test]
 fn tensor_inputs_key_the_cache_by_type_shape_and_values() {
     let dir = tempfile::tempdir().unwrap();
-    let model = tensor_model(
-        dir.path(),
-        "token-pool",
-        &[("input_ids", 0.0), ("attention_mask", 0.0)],
-    );
+    let model = padded_token_model(dir.path());
     let cache = Arc::new(ResultCache::open(&CacheConfig {
         memory_bytes: 1 << 20,
         disk: None,
